@@ -1,0 +1,61 @@
+"""Orbax checkpoints: model checkpoints (teachers) and training checkpoints (resume).
+
+A *model checkpoint* is an orbax CheckpointManager directory with two items:
+`variables` ({'params', 'batch_stats'}) and `meta` (JSON: model, num_classes, …). It is
+what `torch_import` writes and what a `scratch` run keeps in WORKDIR/teacher; the
+training system loads either as a frozen teacher.
+"""
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class TeacherCheckpointError(ValueError):
+  """A teacher checkpoint that does not fit the configured teacher."""
+
+
+def save_model(directory, variables, step: int = 0, **meta):
+  directory = os.path.abspath(directory)
+  options = ocp.CheckpointManagerOptions(create=True, max_to_keep=1)
+  with ocp.CheckpointManager(directory, options=options) as manager:
+    manager.save(step, args=ocp.args.Composite(
+        variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)))
+    manager.wait_until_finished()
+
+
+def load_model(directory):
+  """Returns `(variables, meta)` of the newest step of a model checkpoint directory."""
+  directory = os.path.abspath(directory)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'Model checkpoint directory {directory!r} does not exist.')
+  with ocp.CheckpointManager(directory) as manager:
+    step = manager.latest_step()
+    if step is None:
+      raise TeacherCheckpointError(
+          f'{directory!r} holds no orbax checkpoint. Point teacher.checkpoint at a directory '
+          'written by a scratch run (WORKDIR/teacher) or by `python -m oracle_jax.torch_import`, '
+          'or at a .pth file.')
+    restored = manager.restore(step, args=ocp.args.Composite(
+        variables=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  return restored['variables'], restored['meta']
+
+
+def check_variables(variables, expected, what: str):
+  """Raises TeacherCheckpointError naming the first layer whose shape differs."""
+  got = {jax.tree_util.keystr(p): np.shape(v)
+         for p, v in jax.tree_util.tree_flatten_with_path(variables)[0]}
+  want = {jax.tree_util.keystr(p): tuple(v.shape)
+          for p, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
+  for name, shape in want.items():
+    if name not in got:
+      raise TeacherCheckpointError(f'{what}: layer {name} is missing from the checkpoint; '
+                                   'is it a checkpoint of another architecture?')
+    if got[name] != shape:
+      raise TeacherCheckpointError(f'{what}: layer {name} has shape {got[name]} in the '
+                                   f'checkpoint but the model expects {shape}.')
+  extra = sorted(set(got) - set(want))
+  if extra:
+    raise TeacherCheckpointError(f'{what}: the checkpoint has layers the model lacks, '
+                                 f'first {extra[0]}; is it another architecture?')

@@ -1,0 +1,97 @@
+"""Layers shared by every model: PyTorch-exact BatchNorm and the conv/dense defaults.
+
+The reference numbers come from PyTorch, so the layers follow PyTorch's semantics where
+Flax's defaults differ (running variance, initialisers, padding at stride 2).
+"""
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# PyTorch's `momentum=0.1` is the weight of the new batch statistic; Flax-style 0.9 is
+# the weight of the old running value.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm with PyTorch's train/eval semantics.
+
+  Train mode normalises with the batch mean and the *biased* batch variance (two-pass,
+  for accuracy) and updates the running variance with the *unbiased* one, as
+  `torch.nn.BatchNorm2d` does; Flax's `nn.BatchNorm` stores the biased variance, which
+  drifts from PyTorch by 0.1·var/(n-1) per step. Statistics are always float32.
+  Under `jit` with a batch sharded over a mesh, the mean is over the global batch.
+  """
+  use_running_average: bool
+  momentum: float = BN_MOMENTUM
+  epsilon: float = BN_EPSILON
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    channels = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (channels,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (channels,), jnp.float32)
+    running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (channels,), jnp.float32)
+    running_var = self.variable('batch_stats', 'var', jnp.ones, (channels,), jnp.float32)
+    if self.use_running_average:
+      mean, var = running_mean.value, running_var.value
+    else:
+      reduce_axes = tuple(range(x.ndim - 1))
+      x32 = x.astype(jnp.float32)
+      mean = x32.mean(reduce_axes)
+      var = jnp.square(x32 - mean).mean(reduce_axes)
+      if not self.is_initializing():
+        n = x.size // channels
+        running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
+        running_var.value = (self.momentum * running_var.value
+                             + (1 - self.momentum) * var * (n / (n - 1)))
+    inv = scale * jax.lax.rsqrt(var + self.epsilon)
+    y = (x.astype(jnp.float32) - mean) * inv + bias
+    return y.astype(self.dtype)
+
+
+def torch_linear_bias_init(fan_in: int) -> Callable:
+  """PyTorch's default Linear bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / fan_in**0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def pad(kernel_size: int):
+  """Symmetric padding as PyTorch's `padding=k//2` (Flax 'SAME' pads (0, 1) at stride 2)."""
+  p = kernel_size // 2
+  return ((p, p), (p, p))
+
+
+# Kaiming-normal fan-out, the init of RepDistiller's and torchvision's ResNets.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def conv(features, kernel_size, stride=1, *, name, dtype, conv_general_dilated=None):
+  """A bias-free KxK conv with PyTorch padding; `conv_general_dilated` swaps the primitive
+  (e.g. a CPU-faster weight gradient) without touching model code."""
+  kwargs = {}
+  if conv_general_dilated is not None:
+    kwargs['conv_general_dilated'] = conv_general_dilated
+  return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
+                 padding=pad(kernel_size), use_bias=False, kernel_init=conv_kernel_init,
+                 dtype=dtype, param_dtype=jnp.float32, name=name, **kwargs)
+
+
+def classifier(num_classes, fan_in, *, dtype, name='fc'):
+  """The final Linear layer with PyTorch's default init (logits computed in float32)."""
+  del dtype  # logits stay float32 so softmax/KD are computed accurately
+  return nn.Dense(num_classes, kernel_init=nn.initializers.variance_scaling(
+      1.0 / 3, 'fan_in', 'uniform'), bias_init=torch_linear_bias_init(fan_in),
+                  dtype=jnp.float32, name=name)
+
+
+def global_avg_pool(x):
+  return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

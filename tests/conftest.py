@@ -1,0 +1,33 @@
+"""Test set-up: 8 virtual CPU devices, so sharded code is exercised on one machine."""
+import os
+
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import pathlib  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+REFERENCE_DIR = pathlib.Path(__file__).parent / 'data' / 'reference'
+REFERENCE_CASES = {
+    # case: (teacher, student, num_classes)
+    'cifar100_r32_r20': ('resnet32', 'resnet20', 100),
+    'cifar10_r20_r20': ('resnet20', 'resnet20', 10),
+}
+
+
+@pytest.fixture(scope='session', params=sorted(REFERENCE_CASES))
+def reference(request):
+  """One reference case: its npz arrays plus architectures and class count."""
+  z = np.load(REFERENCE_DIR / f'{request.param}.npz')
+  teacher, student, num_classes = REFERENCE_CASES[request.param]
+  return dict(case=request.param, z=z, teacher=teacher, student=student,
+              num_classes=num_classes)
+
+
+def state_dict_from(z, prefix):
+  return {k[len(prefix):]: z[k] for k in z.files if k.startswith(prefix)}
