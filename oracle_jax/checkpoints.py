@@ -59,3 +59,37 @@ def check_variables(variables, expected, what: str):
   if extra:
     raise TeacherCheckpointError(f'{what}: the checkpoint has layers the model lacks, '
                                  f'first {extra[0]}; is it another architecture?')
+
+
+def load_teacher(source: str, model_name: str, num_classes: int, **model_kwargs):
+  """Frozen teacher variables from a model checkpoint directory or a PyTorch `.pth`.
+
+  Accepts a model checkpoint directory, a run's workdir (its `teacher/` is used) or a
+  `.pth` file; checks architecture and class count against the configuration.
+  """
+  from oracle_jax import torch_import  # pylint: disable=g-import-not-at-top
+  if not source:
+    raise ValueError('teacher.checkpoint is empty: set it to a model checkpoint directory '
+                     '(e.g. WORKDIR/teacher of a method=scratch run) or a PyTorch .pth file.')
+  if os.path.isfile(source):
+    return jax.tree.map(np.asarray, torch_import.load(source, model_name, num_classes,
+                                                      **model_kwargs))
+  if not os.path.exists(source):
+    raise FileNotFoundError(
+        f'Teacher checkpoint {source!r} does not exist. Train a teacher with '
+        '--config.method=scratch (it is kept in WORKDIR/teacher) or import a PyTorch one '
+        'with `python -m oracle_jax.torch_import IN.pth OUT_DIR --model=… --num_classes=…`.')
+  if os.path.isdir(os.path.join(source, 'teacher')):
+    source = os.path.join(source, 'teacher')
+  variables, meta = load_model(source)
+  what = f'Teacher checkpoint {source!r}'
+  if meta.get('model', model_name) != model_name:
+    raise TeacherCheckpointError(f'{what} holds a {meta["model"]} but teacher.model is '
+                                 f'{model_name!r}; set teacher.model={meta["model"]}.')
+  if meta.get('num_classes', num_classes) != num_classes:
+    raise TeacherCheckpointError(
+        f'{what} has {meta["num_classes"]} classes but the dataset has {num_classes}; '
+        'use a teacher trained on this dataset.')
+  check_variables(variables, torch_import.abstract_variables(model_name, num_classes,
+                                                             **model_kwargs), what)
+  return variables
