@@ -5,6 +5,7 @@ A *model checkpoint* is an orbax CheckpointManager directory with two items:
 what `torch_import` writes and what a `scratch` run keeps in WORKDIR/teacher; the
 training system loads either as a frozen teacher.
 """
+import logging
 import os
 
 import jax
@@ -61,7 +62,8 @@ def check_variables(variables, expected, what: str):
                                  f'first {extra[0]}; is it another architecture?')
 
 
-def load_teacher(source: str, model_name: str, num_classes: int, **model_kwargs):
+def load_teacher(source: str, model_name: str, num_classes: int, in_channels: int = 3,
+                 **model_kwargs):
   """Frozen teacher variables from a model checkpoint directory or a PyTorch `.pth`.
 
   Accepts a model checkpoint directory, a run's workdir (its `teacher/` is used) or a
@@ -72,8 +74,10 @@ def load_teacher(source: str, model_name: str, num_classes: int, **model_kwargs)
     raise ValueError('teacher.checkpoint is empty: set it to a model checkpoint directory '
                      '(e.g. WORKDIR/teacher of a method=scratch run) or a PyTorch .pth file.')
   if os.path.isfile(source):
-    return jax.tree.map(np.asarray, torch_import.load(source, model_name, num_classes,
-                                                      **model_kwargs))
+    variables = torch_import.load(source, model_name, num_classes, **model_kwargs)
+    check_variables(variables, torch_import.abstract_variables(
+        model_name, num_classes, in_channels, **model_kwargs), f'Teacher checkpoint {source!r}')
+    return jax.tree.map(np.asarray, variables)
   if not os.path.exists(source):
     raise FileNotFoundError(
         f'Teacher checkpoint {source!r} does not exist. Train a teacher with '
@@ -90,6 +94,61 @@ def load_teacher(source: str, model_name: str, num_classes: int, **model_kwargs)
     raise TeacherCheckpointError(
         f'{what} has {meta["num_classes"]} classes but the dataset has {num_classes}; '
         'use a teacher trained on this dataset.')
-  check_variables(variables, torch_import.abstract_variables(model_name, num_classes,
-                                                             **model_kwargs), what)
+  check_variables(variables, torch_import.abstract_variables(
+      model_name, num_classes, in_channels, **model_kwargs), what)
   return variables
+
+
+def _state_tree(state):
+  return {'step': state.step, 'params': state.params, 'batch_stats': state.batch_stats,
+          'opt_state': state.opt_state}
+
+
+class TrainCheckpoints:
+  """Periodic training checkpoints for automatic resume.
+
+  Orbax writes each step into a temporary directory and renames it when complete, so a
+  kill during a save leaves the previous step intact. On restore, a step that cannot be
+  read (truncated, corrupt) is skipped with a warning in favour of the one before;
+  nothing is deleted, and a directory with steps but none readable is an error, never a
+  silent fresh start.
+  """
+
+  def __init__(self, directory, keep: int = 2):
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+  def latest_step(self):
+    return self._manager.latest_step()
+
+  def save(self, step, state, meta):
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_state_tree(state)), meta=ocp.args.JsonSave(meta)),
+                       force=True)
+
+  def restore_latest(self, state):
+    """Returns `(state, meta)` from the newest readable step, or the inputs' if none."""
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_tree(state))
+    for step in steps:
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+      except Exception as e:  # pylint: disable=broad-except  (any unreadable step)
+        logging.warning('Checkpoint step %d in %s is unreadable (%s: %s); trying the '
+                        'previous one.', step, self._manager.directory, type(e).__name__,
+                        str(e).splitlines()[0] if str(e) else '')
+        continue
+      return state.replace(**restored['state']), dict(restored['meta'] or {})
+    if steps:
+      raise RuntimeError(f'No readable checkpoint among steps {steps} in '
+                         f'{self._manager.directory}; refusing to start from scratch. Move '
+                         'the directory away to start over.')
+    return state, {}
+
+  def wait(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.wait_until_finished()
+    self._manager.close()

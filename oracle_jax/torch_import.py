@@ -84,10 +84,10 @@ def _torch_shape(flax_shape):
   return tuple(reversed(flax_shape)) if len(flax_shape) == 2 else tuple(flax_shape)
 
 
-def abstract_variables(model_name: str, num_classes: int, **model_kwargs):
+def abstract_variables(model_name: str, num_classes: int, in_channels: int = 3, **model_kwargs):
   """Shapes of the model's variables, without allocating them."""
   model = models.create(model_name, num_classes, **model_kwargs)
-  return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, in_channels)))
 
 
 def convert_state_dict(state_dict: Mapping[str, Any], model_name: str, num_classes: int,
@@ -100,7 +100,9 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_name: str, num_class
   """
   arrays = {_strip_prefix(k): np.asarray(v) for k, v in state_dict.items()
             if not k.endswith('num_batches_tracked')}
-  target = abstract_variables(model_name, num_classes, **model_kwargs)
+  stem = arrays.get('conv1.weight')
+  in_channels = stem.shape[1] if stem is not None and stem.ndim == 4 else 3
+  target = abstract_variables(model_name, num_classes, in_channels, **model_kwargs)
   flat, treedef = jax.tree_util.tree_flatten_with_path(target)
   names = [_torch_name(path) for path, _ in flat]
   _check_keys(arrays, names, model_name)

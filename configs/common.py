@@ -1,0 +1,64 @@
+"""The configuration every experiment shares; each config file overrides what differs.
+
+Defaults are the official oracle-KD code's CIFAR recipe (its `train.py` arguments and
+RepDistiller's, which it follows): SGD lr 0.05, momentum 0.9, weight decay 2.5e-4 on
+every parameter, batch 64, 240 epochs with lr ×0.1 at epochs 150/180/210, τ = 4,
+α = 1, ce_weight = 1, γ = 1.0, one refinement step (`rec_num` 1).
+"""
+import ml_collections
+
+METHODS = ('scratch', 'kd')
+
+
+def base_config():
+  c = ml_collections.ConfigDict()
+  c.dataset = 'cifar100'
+  c.data_dir = ''             # '' = TFDS's default (TFDS_DATA_DIR or ~/tensorflow_datasets)
+  c.train_examples = 0        # > 0: train on a fixed class-stratified subset of this size
+  c.method = 'kd'             # 'scratch' (supervised; trains teachers) | 'kd'
+
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.model = 'resnet56'
+  c.teacher.checkpoint = ''   # orbax model checkpoint dir, a run's workdir, or a .pth file
+  c.teacher.small_stem = False
+
+  c.student = ml_collections.ConfigDict()
+  c.student.model = 'resnet20'
+  c.student.small_stem = False
+
+  c.oracle = ml_collections.ConfigDict()
+  c.oracle.enabled = True
+  c.oracle.gamma = 1.0                  # official default; its README example uses 0.2
+  c.oracle.steps = 1                    # official `rec_num`
+  c.oracle.reference_batch_size = 64    # γ is quoted at the official batch of 64
+
+  c.temperature = 4.0
+  c.alpha = 1.0
+  c.ce_weight = 1.0
+  c.label_smoothing = 0.0
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = 'sgd'
+  c.optimizer.learning_rate = 0.05      # at batch_size 64; scaled linearly if base_batch_size set
+  c.optimizer.base_batch_size = 0       # > 0: lr = learning_rate · batch_size / base_batch_size
+  c.optimizer.momentum = 0.9
+  c.optimizer.nesterov = False
+  c.optimizer.weight_decay = 2.5e-4
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.name = 'step'              # 'step' | 'cosine'
+  c.schedule.decay_epochs = (150, 180, 210)
+  c.schedule.decay_factor = 0.1
+  c.schedule.warmup_epochs = 0.0
+
+  c.batch_size = 64                     # global, over all devices and processes
+  c.num_epochs = 240.0
+  c.train_steps = 0                     # > 0 overrides num_epochs
+  c.eval_every_epochs = 1.0
+  c.eval_batch_size = 512
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 2
+  c.seed = 0
+  c.dtype = 'float32'                   # 'bfloat16': compute in bf16, params/stats float32
+  c.overwrite = False                   # allow a workdir holding a run of another config
+  return c

@@ -1,0 +1,29 @@
+"""ImageNet, ResNet-34 → ResNet-18, oracle KD on mdistiller's recipe.
+
+mdistiller (Zhao et al., DKD, CVPR 2022) `configs/imagenet/r34_r18/kd.yaml`: SGD lr 0.2 at
+batch 512, momentum 0.9, weight decay 1e-4, 100 epochs, ×0.1 at 30/60/90; KD τ = 1,
+ce_weight 0.5, α (KD weight) 0.5. The teacher is torchvision's ResNet-34 (73.31 % top-1),
+read from its `.pth` through the importer: put `resnet34-b627a593.pth` (torchvision's
+IMAGENET1K_V1 weights) in `pretrained/`.
+Data: TFDS imagenet2012, manual download (ILSVRC2012_img_train.tar and
+ILSVRC2012_img_val.tar in <data_dir>/downloads/manual/).
+"""
+from configs import common
+
+
+def get_config():
+  c = common.base_config()
+  c.dataset = 'imagenet2012'
+  c.teacher.model, c.student.model = 'resnet34', 'resnet18'
+  c.teacher.checkpoint = 'pretrained/resnet34-b627a593.pth'
+  c.temperature, c.ce_weight, c.alpha = 1.0, 0.5, 0.5
+  c.batch_size = 512
+  c.optimizer.learning_rate = 0.2
+  c.optimizer.base_batch_size = 512     # lr scales linearly if batch_size is changed
+  c.optimizer.weight_decay = 1e-4
+  c.num_epochs = 100.0
+  c.schedule.decay_epochs = (30, 60, 90)
+  c.eval_batch_size = 1000
+  c.log_every_steps = 200
+  c.checkpoint_every_steps = 2000
+  return c

@@ -1,0 +1,52 @@
+"""Entry point: `python launch/main.py --config=configs/<file>.py[:arg] --workdir=DIR`.
+
+With no --config it runs the offline default (configs/default.py).
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+config_flags.DEFINE_config_file('config', os.path.join(_REPO, 'configs', 'default.py'),
+                                'Experiment configuration file.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config name>).')
+flags.DEFINE_string('coordinator_address', None, 'Multi-process: HOST:PORT of process 0.')
+flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
+flags.DEFINE_integer('process_id', None, 'Multi-process: this process index.')
+FLAGS = flags.FLAGS
+
+
+def default_workdir():
+  path, _, arg = config_flags.get_config_filename(FLAGS['config']).partition(':')
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join('runs', name + (f'_{arg.replace(",", "_")}' if arg else ''))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # Imported here so that --help is instant and flags parse before JAX starts.
+  from oracle_jax import parallel, train, user_errors  # pylint: disable=g-import-not-at-top
+  parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  config, workdir = FLAGS.config, FLAGS.workdir or default_workdir()
+  try:
+    if config.get('demo'):
+      from oracle_jax import demo  # pylint: disable=g-import-not-at-top
+      demo.run(config, workdir)
+    else:
+      results = train.train_and_evaluate(config, workdir)
+      print(json.dumps(results, indent=2))
+  except user_errors.USER_ERRORS as e:
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  logging.set_verbosity(logging.WARNING)  # orbax is very chatty at INFO
+  app.run(main)

@@ -1,0 +1,82 @@
+"""Metrics out: `metrics.jsonl`, TensorBoard (clu) and a progress line on stderr.
+
+Only process 0 writes. Device metrics are fetched in one transfer per log interval.
+"""
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+import tqdm
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A non-finite loss or gradient: the run stops, the last good checkpoint is kept."""
+
+
+class MetricWriter:
+
+  def __init__(self, workdir):
+    self._primary = jax.process_index() == 0
+    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a') if self._primary else None
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TF)
+    self._tb = metric_writers.create_default_writer(
+        os.path.join(workdir, 'tensorboard'), just_logging=not self._primary)
+
+  def write_train(self, pending, last_good_step):
+    """Averages and writes the pending steps' metrics; returns the mean loss (None if
+    nothing was pending). Raises NonFiniteLossError naming the first bad step and value.
+    """
+    if not pending:
+      return None
+    steps = [s for s, _ in pending]
+    values = jax.device_get([m for _, m in pending])
+    for step, m in zip(steps, values):
+      bad = {k: float(m[k]) for k in ('loss', 'grad_norm') if not np.isfinite(m[k])}
+      if bad:
+        raise NonFiniteLossError(
+            f'Non-finite {", ".join(f"{k} = {v}" for k, v in bad.items())} at step {step}; '
+            f'stopping. The last good checkpoint (step {last_good_step}) is kept. Lower the '
+            'learning rate or oracle.gamma, or check the data.')
+    mean = {k: float(np.mean([m[k] for m in values])) for k in values[0]}
+    self._write(steps[-1], {f'train/{k}': v for k, v in mean.items()})
+    return mean['loss']
+
+  def write_eval(self, step, results):
+    if self._primary:
+      tqdm.tqdm.write(f'step {step}: eval ' + ', '.join(
+          f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k, v in results.items()),
+                      file=sys.stderr)
+    self._write(step, {f'eval/{k}': v for k, v in results.items()})
+
+  def _write(self, step, scalars):
+    self._tb.write_scalars(step, scalars)
+    if self._jsonl:
+      self._jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
+      self._jsonl.flush()
+
+  def close(self):
+    self._tb.flush()
+    if self._jsonl:
+      self._jsonl.close()
+
+
+class Progress:
+  """A tqdm bar with images/s and ETA, updated at log intervals (no per-step host sync)."""
+
+  def __init__(self, total, start, batch_size, enabled=True):
+    self._bar = tqdm.tqdm(total=total, initial=start, unit='step', file=sys.stderr,
+                          disable=not enabled, dynamic_ncols=True, mininterval=1.0)
+    self._batch, self._last, self._time = batch_size, start, time.time()
+
+  def update(self, step):
+    now = time.time()
+    rate = (step - self._last) * self._batch / max(now - self._time, 1e-9)
+    self._bar.set_postfix_str(f'{rate:,.0f} img/s')
+    self._bar.update(step - self._last)
+    self._last, self._time = step, now
+
+  def close(self):
+    self._bar.close()

@@ -1,0 +1,47 @@
+"""Device mesh, shardings and global batches: data parallelism with `jit` over a mesh.
+
+The batch is sharded over the `data` axis and the state replicated; XLA inserts the
+gradient and BatchNorm all-reduces. The same program runs on one CPU, several devices
+and multi-host pods (where each process feeds its own part of the global batch).
+"""
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+def make_mesh(devices=None):
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), ('data',))
+
+
+def batch_sharding(mesh):
+  return NamedSharding(mesh, P('data'))
+
+
+def replicated(mesh):
+  return NamedSharding(mesh, P())
+
+
+def check_batch_size(global_batch_size: int, mesh):
+  devices = mesh.devices.size
+  if global_batch_size % devices:
+    raise ValueError(f'batch_size={global_batch_size} is not divisible by the {devices} '
+                     f'devices; use a multiple of {devices} (e.g. '
+                     f'{max(devices, global_batch_size // devices * devices)}).')
+
+
+def global_batch(local_batch: dict, mesh):
+  """This process's numpy batch → global `jax.Array`s sharded over the mesh."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v)
+          for k, v in local_batch.items()}
+
+
+def replicate(tree, mesh):
+  return jax.device_put(tree, replicated(mesh))
+
+
+def initialize(coordinator_address=None, num_processes=None, process_id=None):
+  """Starts JAX's multi-controller runtime when flags (or a cluster environment) ask."""
+  if coordinator_address:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)

@@ -1,0 +1,199 @@
+"""The training loop: data → sharded distillation step → metrics, evaluation, checkpoints.
+
+`train_and_evaluate(config, workdir)` trains the configured student (or, with
+`method='scratch'`, a supervised model — how teachers are trained), resumes
+automatically from the newest good checkpoint in `workdir`, saves on SIGTERM, and writes
+`results.json`. A scratch run also keeps its final model in `workdir/teacher`.
+"""
+import json
+import logging
+import math
+import os
+import signal
+import threading
+
+import jax
+import numpy as np
+import optax
+
+from oracle_jax import checkpoints, data, distill, models, parallel, validation
+from oracle_jax import metrics_io
+
+
+def learning_rate_fn(config, steps_per_epoch, total_steps):
+  """The official step schedule (×0.1 at given epochs) or cosine, with optional warm-up."""
+  opt, sched = config.optimizer, config.schedule
+  base = opt.learning_rate
+  if opt.base_batch_size:
+    base = base * config.batch_size / opt.base_batch_size
+  warmup = int(round(sched.warmup_epochs * steps_per_epoch))
+  if sched.name == 'step':
+    boundaries = {int(round(e * steps_per_epoch)): sched.decay_factor for e in sched.decay_epochs}
+    main = optax.piecewise_constant_schedule(base, boundaries)
+  elif sched.name == 'cosine':
+    main = optax.cosine_decay_schedule(base, max(1, total_steps - warmup))
+  else:
+    raise ValueError(f"Unknown schedule {sched.name!r}; use 'step' or 'cosine'.")
+  if not warmup:
+    return main
+  if sched.name == 'step':  # the step schedule counts epochs from the start of training
+    return lambda step: jax.numpy.where(step < warmup, base * step / warmup, main(step))
+  return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), main], [warmup])
+
+
+def model_kwargs(model_config, dtype):
+  kwargs = {'dtype': dtype}
+  if model_config.get('small_stem'):
+    kwargs['small_stem'] = True
+  return kwargs
+
+
+class Run:
+  """What a run needs beyond the config: sizes, models, jitted steps. Built once."""
+
+  def __init__(self, config, mesh):
+    self.config, self.mesh = config, mesh
+    self.spec = data.dataset_spec(config.dataset)
+    self.data_dir = config.data_dir or None
+    num_train = data.num_examples(self.spec, self.data_dir, 'train')
+    if config.train_examples:
+      num_train = min(num_train, config.train_examples)
+    self.num_train = num_train
+    self.steps_per_epoch = num_train / config.batch_size
+    self.total_steps = config.train_steps or math.ceil(config.num_epochs * self.steps_per_epoch)
+    self.lr_fn = learning_rate_fn(config, self.steps_per_epoch, self.total_steps)
+    self.tx = distill.make_optimizer(config, self.lr_fn)
+    kwargs = model_kwargs(config.student, config.dtype)
+    self.student = models.create(config.student.model, self.spec.num_classes, **kwargs)
+    self.teacher = None
+    if config.method != 'scratch':
+      self.teacher = models.create(config.teacher.model, self.spec.num_classes,
+                                   **model_kwargs(config.teacher, config.dtype))
+
+  def init_state(self, seed):
+    shape = (1, *self.spec.image_shape)
+    variables = jax.jit(self.student.init)(jax.random.key(seed), np.zeros(shape, np.float32))
+    return distill.TrainState.create(variables, self.tx)
+
+  def jitted(self, state):
+    """(train_step, eval_step), compiled on first use and kept for this Run."""
+    if not hasattr(self, '_steps'):
+      sharding = jax.tree.map(lambda _: parallel.replicated(self.mesh), state)
+      train = distill.jit_train_step(
+          self.mesh, sharding, config=self.config, student=self.student, teacher=self.teacher,
+          spec=self.spec, learning_rate_fn=self.lr_fn)
+      evaluate = distill.jit_eval_step(self.mesh, model=self.student, spec=self.spec)
+      self._steps = (train, evaluate)  # pylint: disable=attribute-defined-outside-init
+    return self._steps
+
+
+def evaluate(run, eval_step, variables):
+  """Top-1/top-5/loss of `variables` on the eval split; every example counted once."""
+  it = data.eval_iterator(run.spec, data_dir=run.data_dir,
+                          global_batch_size=run.config.eval_batch_size)
+  totals = None
+  for batch in it:
+    sums = eval_step(variables, parallel.global_batch(batch, run.mesh))
+    totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+  totals = jax.device_get(totals)
+  n = int(totals['count'])
+  return {'top1': float(totals['correct_top1']) / n, 'top5': float(totals['correct_top5']) / n,
+          'loss': float(totals['loss_sum']) / n, 'examples': n}
+
+
+def _every(step, period, total):
+  return step == total or (period > 0 and step % period == 0)
+
+
+def train_and_evaluate(config, workdir, *, run=None):
+  """Trains per `config` in `workdir` (resuming if it holds a run); returns the results.
+
+  `run` (a `Run` built for an equivalent config) lets callers reuse compiled steps
+  across seeds, as the offline default does.
+  """
+  validation.validate_config(config)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.batch_size, mesh)
+  parallel.check_batch_size(config.eval_batch_size, mesh)
+  run = run or Run(config, mesh)
+  teacher_variables = {}
+  if config.method != 'scratch':
+    teacher_variables = parallel.replicate(checkpoints.load_teacher(
+        config.teacher.checkpoint, config.teacher.model, run.spec.num_classes,
+        run.spec.image_shape[-1], **model_kwargs(config.teacher, 'float32')), mesh)
+  workdir = os.path.abspath(workdir)
+  validation.prepare_workdir(config, workdir)  # only now: bad input writes nothing
+
+  manager = checkpoints.TrainCheckpoints(os.path.join(workdir, 'checkpoints'),
+                                         keep=config.keep_checkpoints)
+  state = parallel.replicate(run.init_state(config.seed), mesh)
+  state, meta = manager.restore_latest(state)
+  best_top1 = meta.get('best_top1', 0.0)
+  start = int(state.step)
+  train_step, eval_step = run.jitted(state)
+  writer = metrics_io.MetricWriter(workdir)
+  if start:
+    logging.warning('Resuming from step %d in %s', start, workdir)
+
+  train_iter = data.train_iterator(run.spec, data_dir=run.data_dir,
+                                   global_batch_size=config.batch_size, seed=config.seed,
+                                   start_step=start, train_examples=config.train_examples)
+  eval_every = int(round(config.eval_every_epochs * run.steps_per_epoch))
+  pending = []  # device metrics not yet fetched: fetched at log/checkpoint time only
+  last_eval, train_loss = meta.get('last_eval', {}), meta.get('train_loss', float('nan'))
+  preempted = threading.Event()
+  previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.set())
+  progress = metrics_io.Progress(run.total_steps, start, config.batch_size, enabled=jax.process_index() == 0)
+  key = jax.random.key(config.seed)
+  try:
+    for step in range(start + 1, run.total_steps + 1):
+      batch = parallel.global_batch(next(train_iter), mesh)
+      state, metrics = train_step(state, teacher_variables, batch, jax.random.fold_in(key, step))
+      pending.append((step, metrics))
+      stop = preempted.is_set()
+      if _every(step, config.log_every_steps, run.total_steps) or stop:
+        train_loss = writer.write_train(pending, manager.latest_step()) or train_loss
+        pending = []
+        progress.update(step)
+      if _every(step, eval_every, run.total_steps):
+        last_eval = evaluate(run, eval_step, state.variables())
+        writer.write_eval(step, last_eval)
+        if last_eval['top1'] > best_top1:
+          best_top1 = last_eval['top1']
+          checkpoints.save_model(os.path.join(workdir, 'best'), jax.device_get(state.variables()),
+                                 step=step, **_model_meta(config, run, top1=best_top1))
+      if _every(step, config.checkpoint_every_steps, run.total_steps) or stop:
+        # Check pending metrics first: a non-finite step must never be checkpointed.
+        train_loss = writer.write_train(pending, manager.latest_step()) or train_loss
+        pending = []
+        manager.save(step, state, dict(best_top1=best_top1, last_eval=last_eval,
+                                       train_loss=train_loss))
+      if stop:
+        logging.warning('SIGTERM: saved step %d, exiting; rerun the same command to resume.', step)
+        manager.close()
+        raise SystemExit(143)
+  finally:
+    signal.signal(signal.SIGTERM, previous_handler)
+    progress.close()
+  manager.close()
+  writer.close()
+  if config.method == 'scratch':
+    checkpoints.save_model(os.path.join(workdir, 'teacher'), jax.device_get(state.variables()),
+                           step=run.total_steps, **_model_meta(config, run, top1=last_eval.get('top1')))
+  results = dict(final_top1=last_eval.get('top1'), final_top5=last_eval.get('top5'),
+                 best_top1=best_top1, final_train_loss=train_loss, steps=run.total_steps,
+                 method=config.method, oracle=bool(config.oracle.enabled) and config.method != 'scratch',
+                 dataset=config.dataset, student=config.student.model, seed=config.seed)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(results, f, indent=2)
+  return results
+
+
+def _model_meta(config, run, **extra):
+  model_config = config.student
+  meta = dict(model=model_config.model, num_classes=run.spec.num_classes,
+              dataset=config.dataset, **extra)
+  if model_config.get('small_stem'):
+    meta['small_stem'] = True
+  return meta

@@ -1,0 +1,82 @@
+"""Checks that turn a user's mistake into one sentence saying how to fix it, before any
+work is done or anything is written."""
+import json
+import os
+import shutil
+
+from oracle_jax import models
+
+METHODS = ('scratch', 'kd')
+DTYPES = ('float32', 'bfloat16')
+# Keys that may change between a run and its resumption without changing its results.
+RESUMABLE_CHANGES = frozenset({'overwrite', 'log_every_steps', 'eval_batch_size', 'data_dir',
+                               'checkpoint_every_steps', 'keep_checkpoints'})
+
+
+class ConfigError(ValueError):
+  """A configuration value that cannot work; the message names the key and the fix."""
+
+
+def _require(ok, message):
+  if not ok:
+    raise ConfigError(message)
+
+
+def validate_config(config):
+  from oracle_jax import data  # pylint: disable=g-import-not-at-top
+  data.dataset_spec(config.dataset)  # unknown dataset → ValueError listing the known ones
+  _require(config.method in METHODS,
+           f'Unknown method {config.method!r}; choose one of {", ".join(METHODS)}.')
+  names = [config.student.model] + ([config.teacher.model] if config.method != 'scratch' else [])
+  for name in names:
+    _require(name in models.NAMES, f'Unknown model {name!r}; choose one of: {", ".join(models.NAMES)}.')
+  _require(config.oracle.gamma >= 0, f'oracle.gamma must be >= 0, got {config.oracle.gamma}.')
+  _require(config.oracle.steps >= 1, f'oracle.steps must be >= 1, got {config.oracle.steps}.')
+  _require(config.oracle.reference_batch_size >= 1,
+           f'oracle.reference_batch_size must be >= 1, got {config.oracle.reference_batch_size}.')
+  _require(config.temperature > 0, f'temperature must be > 0, got {config.temperature}.')
+  _require(config.batch_size >= 1, f'batch_size must be >= 1, got {config.batch_size}.')
+  _require(config.train_steps >= 0, f'train_steps must be >= 0 (0 = use num_epochs), got '
+           f'{config.train_steps}.')
+  _require(config.train_steps > 0 or config.num_epochs > 0,
+           f'num_epochs must be > 0 when train_steps is 0, got {config.num_epochs}.')
+  _require(config.dtype in DTYPES, f'dtype must be one of {DTYPES}, got {config.dtype!r}.')
+  _require(config.optimizer.learning_rate > 0,
+           f'optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}.')
+  _require(config.method == 'scratch' or config.teacher.checkpoint,
+           f'method={config.method!r} needs a teacher: set --config.teacher.checkpoint to a '
+           'model checkpoint directory (e.g. WORKDIR/teacher of a method=scratch run) or a '
+           '.pth file.')
+
+
+def prepare_workdir(config, workdir):
+  """Creates `workdir`, or checks that the run it holds is this config's (resumable)."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, '.write_test')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f'Workdir {workdir!r} is not writable ({e.strerror}); pass a '
+                      '--workdir you can write to.') from None
+  path = os.path.join(workdir, 'config.json')
+  current = json.loads(config.to_json_best_effort())
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    changed = sorted(k for k in set(saved) | set(current)
+                     if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    if changed and not config.overwrite:
+      raise ConfigError(
+          f'Workdir {workdir!r} holds a run of a different config (differs in: '
+          f'{", ".join(changed)}). Use another --workdir, or pass --config.overwrite=True '
+          'to discard that run.')
+    if changed:
+      for sub in ('checkpoints', 'best', 'teacher', 'tensorboard'):
+        shutil.rmtree(os.path.join(workdir, sub), ignore_errors=True)
+      for name in ('metrics.jsonl', 'results.json'):
+        if os.path.exists(os.path.join(workdir, name)):
+          os.remove(os.path.join(workdir, name))
+  with open(path, 'w') as f:
+    json.dump(current, f, indent=2, sort_keys=True)
