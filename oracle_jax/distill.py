@@ -89,7 +89,7 @@ def train_step(state, teacher_variables, batch, rng, *, config, student, teacher
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             batch_stats=batch_stats, opt_state=opt_state)
   metrics.update(terms, loss=loss, accuracy=accuracy(logits, labels),
-                 grad_norm=optax.global_norm(grads), learning_rate=learning_rate_fn(state.step))
+                 grad_norm=optax.tree.norm(grads), learning_rate=learning_rate_fn(state.step))
   return new_state, metrics
 
 

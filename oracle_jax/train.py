@@ -105,14 +105,14 @@ def _every(step, period, total):
   return step == total or (period > 0 and step % period == 0)
 
 
-def train_and_evaluate(config, workdir, *, run=None):
+def train_and_evaluate(config, workdir, *, run=None, mesh=None):
   """Trains per `config` in `workdir` (resuming if it holds a run); returns the results.
 
   `run` (a `Run` built for an equivalent config) lets callers reuse compiled steps
-  across seeds, as the offline default does.
+  across seeds, as the offline default does; `mesh` defaults to all devices.
   """
   validation.validate_config(config)
-  mesh = parallel.make_mesh()
+  mesh = run.mesh if run else (mesh or parallel.make_mesh())
   parallel.check_batch_size(config.batch_size, mesh)
   parallel.check_batch_size(config.eval_batch_size, mesh)
   run = run or Run(config, mesh)

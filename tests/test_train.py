@@ -1,0 +1,180 @@
+"""End to end: launch/main.py's training system on the digits data and on mock TFDS data."""
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import REFERENCE_DIR
+
+from configs import common
+from configs import default as default_config
+from oracle_jax import checkpoints, parallel, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny(config, data_dir, **overrides):
+  c = copy.deepcopy(config)
+  c.data_dir = str(data_dir)
+  c.train_steps, c.batch_size, c.eval_batch_size = 6, 16, 64
+  c.log_every_steps, c.checkpoint_every_steps = 2, 2
+  for key, value in overrides.items():
+    target = c
+    *path, leaf = key.split('.')
+    for p in path:
+      target = target[p]
+    target[leaf] = value
+  return c
+
+
+def digits_config(data_dir, **overrides):
+  c = default_config.get_config()
+  c.demo = False
+  return tiny(c, data_dir, **{'student.model': 'resnet8', **overrides})
+
+
+def final_params(config, workdir, mesh=None):
+  run = train.Run(config, mesh or parallel.make_mesh())
+  state, _ = checkpoints.TrainCheckpoints(os.path.join(workdir, 'checkpoints')).restore_latest(
+      run.init_state(config.seed))
+  return jax.device_get(state.variables())
+
+
+def assert_trees_close(a, b, **tol):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **tol), a, b)
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('tfds')
+
+
+@pytest.fixture(scope='module')
+def digits_teacher(data_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('teacher')
+  config = digits_config(data_dir, method='scratch', train_steps=30)
+  results = train.train_and_evaluate(config, str(workdir))
+  return str(workdir / 'teacher'), results
+
+
+def test_scratch_run_keeps_a_teacher(digits_teacher):
+  teacher_dir, results = digits_teacher
+  assert results['steps'] == 30 and results['method'] == 'scratch'
+  assert results['final_top1'] > 0.5  # 30 steps already learn digits well above 10 % chance
+  variables, meta = checkpoints.load_model(teacher_dir)
+  assert meta['model'] == 'resnet8' and meta['num_classes'] == 10
+  assert set(variables) == {'params', 'batch_stats'}
+
+
+@pytest.mark.parametrize('oracle', [False, True])
+def test_distillation_run(data_dir, digits_teacher, tmp_path, oracle):
+  teacher_dir, _ = digits_teacher
+  before, _ = checkpoints.load_model(teacher_dir)
+  config = digits_config(data_dir, method='kd', **{'teacher.model': 'resnet8',
+                                                   'teacher.checkpoint': teacher_dir,
+                                                   'oracle.enabled': oracle})
+  results = train.train_and_evaluate(config, str(tmp_path))
+  on_disk = json.loads((tmp_path / 'results.json').read_text())
+  assert on_disk == results
+  assert {'final_top1', 'best_top1', 'final_train_loss', 'steps'} <= set(results)
+  assert results['steps'] == 6 and results['oracle'] == oracle
+  assert 0 <= results['final_top1'] <= results['best_top1'] <= 1
+  assert np.isfinite(results['final_train_loss'])
+  lines = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  train_lines = [l for l in lines if 'train/loss' in l]
+  assert [l['step'] for l in train_lines] == [2, 4, 6]
+  assert ('train/oracle_accuracy' in train_lines[0]) == oracle
+  assert 'eval/top1' in lines[-1]
+  after, _ = checkpoints.load_model(teacher_dir)
+  jax.tree.map(np.testing.assert_array_equal, before, after)  # teacher untouched
+
+
+def test_eight_devices_equal_one_device(data_dir, digits_teacher, tmp_path):
+  teacher_dir, _ = digits_teacher
+  config = digits_config(data_dir, method='kd', **{'teacher.model': 'resnet8',
+                                                   'teacher.checkpoint': teacher_dir})
+  one = parallel.make_mesh(jax.devices()[:1])
+  eight = parallel.make_mesh(jax.devices())
+  r1 = train.train_and_evaluate(config, str(tmp_path / 'one'), mesh=one)
+  r8 = train.train_and_evaluate(config, str(tmp_path / 'eight'), mesh=eight)
+  np.testing.assert_allclose(r1['final_train_loss'], r8['final_train_loss'], rtol=1e-5)
+  assert_trees_close(final_params(config, str(tmp_path / 'one'), one),
+                     final_params(config, str(tmp_path / 'eight'), eight), rtol=2e-4, atol=2e-5)
+
+
+def test_same_seed_is_bit_identical(data_dir, tmp_path):
+  config = digits_config(data_dir, method='scratch', train_steps=4)
+  run = train.Run(config, parallel.make_mesh())  # compiled once; init and data are redone
+  train.train_and_evaluate(config, str(tmp_path / 'a'), run=run)
+  train.train_and_evaluate(config, str(tmp_path / 'b'), run=run)
+  jax.tree.map(np.testing.assert_array_equal, final_params(config, str(tmp_path / 'a')),
+               final_params(config, str(tmp_path / 'b')))
+
+
+def _main_command(workdir, data_dir, *overrides):
+  return [sys.executable, os.path.join(REPO, 'launch', 'main.py'),
+          '--config=' + os.path.join(REPO, 'configs', 'default.py'), f'--workdir={workdir}',
+          '--config.demo=False', '--config.method=scratch', '--config.student.model=resnet8',
+          f'--config.data_dir={data_dir}', '--config.batch_size=16', '--config.eval_batch_size=64',
+          '--config.checkpoint_every_steps=2', '--config.log_every_steps=2', *overrides]
+
+
+def test_sigkill_and_resume_equals_uninterrupted(data_dir, tmp_path):
+  overrides = ['--config.train_steps=24']
+  workdir = tmp_path / 'killed'
+  proc = subprocess.Popen(_main_command(workdir, data_dir, *overrides),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt = workdir / 'checkpoints'
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    steps = [int(p.name) for p in ckpt.glob('*') if p.name.isdigit()] if ckpt.exists() else []
+    if steps and max(steps) >= 6:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, 'the run finished before it could be killed'
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = max(int(p.name) for p in ckpt.glob('*') if p.name.isdigit())
+  assert 6 <= killed_at < 24
+  subprocess.run(_main_command(workdir, data_dir, *overrides), check=True, capture_output=True)
+  config = digits_config(data_dir, method='scratch', train_steps=24)
+  train.train_and_evaluate(config, str(tmp_path / 'straight'))
+  jax.tree.map(np.testing.assert_array_equal, final_params(config, str(workdir)),
+               final_params(config, str(tmp_path / 'straight')))
+
+
+def _run_main_expecting_error(args):
+  proc = subprocess.run([sys.executable, os.path.join(REPO, 'launch', 'main.py'), *args],
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  return proc.stderr
+
+
+def test_misspelt_config_key(tmp_path):
+  err = _run_main_expecting_error([f'--workdir={tmp_path}', '--config.temprature=2'])
+  assert 'temprature' in err and 'temperature' in err  # names the key and suggests the fix
+  assert not os.listdir(tmp_path)
+
+
+def test_missing_dataset_is_one_clear_error(tmp_path):
+  err = _run_main_expecting_error([
+      '--config=' + os.path.join(REPO, 'configs', 'cifar100_r56_r20.py'),
+      f'--workdir={tmp_path / "run"}', f'--config.data_dir={tmp_path / "empty"}'])
+  assert 'download_and_prepare' in err and str(tmp_path / 'empty') in err
+  assert 'Traceback' not in err
+  assert not (tmp_path / 'run').exists()
+
+
+def test_teacher_class_count_mismatch(data_dir, tmp_path):
+  pth = REFERENCE_DIR / 'torch' / 'cifar100_resnet20_state_dict.pth'
+  config = digits_config(data_dir, method='kd', **{'teacher.model': 'resnet20',
+                                                   'teacher.checkpoint': str(pth)})
+  with pytest.raises(ValueError, match=r'checkpoint has 100 classes .* num_classes=10'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
