@@ -17,6 +17,8 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 config_flags.DEFINE_config_file('config', os.path.join(_REPO, 'configs', 'default.py'),
                                 'Experiment configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config name>).')
+flags.DEFINE_bool('dry_run', False, 'Validate config, data, teacher and devices, print the '
+                  'plan, and exit without training or writing anything.')
 flags.DEFINE_string('coordinator_address', None, 'Multi-process: HOST:PORT of process 0.')
 flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-process: this process index.')
@@ -37,7 +39,10 @@ def main(argv):
   parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   config, workdir = FLAGS.config, FLAGS.workdir or default_workdir()
   try:
-    if config.get('demo'):
+    if FLAGS.dry_run:
+      run, _ = train.prepare(config)
+      print(json.dumps(train.plan(config, run), indent=2))
+    elif config.get('demo'):
       from oracle_jax import demo  # pylint: disable=g-import-not-at-top
       demo.run(config, workdir)
     else:

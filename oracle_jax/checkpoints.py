@@ -13,6 +13,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+class CheckpointSaveError(OSError):
+  """Writing a training checkpoint failed (e.g. disk full); earlier steps are intact."""
+
+
 class TeacherCheckpointError(ValueError):
   """A teacher checkpoint that does not fit the configured teacher."""
 
@@ -122,9 +126,16 @@ class TrainCheckpoints:
     return self._manager.latest_step()
 
   def save(self, step, state, meta):
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_state_tree(state)), meta=ocp.args.JsonSave(meta)),
-                       force=True)
+    previous = self._manager.latest_step()
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(_state_tree(state)), meta=ocp.args.JsonSave(meta)),
+                         force=True)
+    except OSError as e:
+      raise CheckpointSaveError(
+          f'Saving checkpoint step {step} failed ({e.strerror or e}); the previous checkpoint '
+          f'(step {previous}) is intact. Free disk space and rerun the same command to '
+          'resume from it.') from e
 
   def restore_latest(self, state):
     """Returns `(state, meta)` from the newest readable step, or the inputs' if none."""

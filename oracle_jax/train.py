@@ -105,22 +105,50 @@ def _every(step, period, total):
   return step == total or (period > 0 and step % period == 0)
 
 
+def load_teacher_variables(config, run):
+  if config.method == 'scratch':
+    return {}
+  return parallel.replicate(checkpoints.load_teacher(
+      config.teacher.checkpoint, config.teacher.model, run.spec.num_classes,
+      run.spec.image_shape[-1], **model_kwargs(config.teacher, 'float32')), run.mesh)
+
+
+def prepare(config, *, run=None, mesh=None):
+  """Every check that needs no training: config, devices, data, teacher. Returns
+  `(run, teacher_variables)`; raises the user-facing errors before anything is written."""
+  validation.validate_config(config)
+  mesh = run.mesh if run else (mesh or parallel.make_mesh())
+  parallel.check_batch_size(config.batch_size, mesh)
+  parallel.check_batch_size(config.eval_batch_size, mesh)
+  run = run or Run(config, mesh)
+  return run, load_teacher_variables(config, run)
+
+
+def plan(config, run):
+  """What a run will do, for --dry_run: sizes, steps, epochs, batch, devices."""
+  count = lambda model: sum(int(np.prod(v.shape)) for v in jax.tree.leaves(
+      jax.eval_shape(model.init, jax.random.key(0),
+                     np.zeros((1, *run.spec.image_shape), np.float32))['params']))
+  out = dict(dataset=config.dataset, train_examples=run.num_train, method=config.method,
+             oracle=bool(config.oracle.enabled) and config.method != 'scratch',
+             student=config.student.model, student_params=count(run.student),
+             steps=run.total_steps, epochs=round(run.total_steps / run.steps_per_epoch, 3),
+             global_batch=config.batch_size, devices=run.mesh.devices.size,
+             processes=jax.process_count(), per_device_batch=config.batch_size // run.mesh.devices.size)
+  if run.teacher is not None:
+    out.update(teacher=config.teacher.model, teacher_params=count(run.teacher),
+               teacher_checkpoint=config.teacher.checkpoint)
+  return out
+
+
 def train_and_evaluate(config, workdir, *, run=None, mesh=None):
   """Trains per `config` in `workdir` (resuming if it holds a run); returns the results.
 
   `run` (a `Run` built for an equivalent config) lets callers reuse compiled steps
   across seeds, as the offline default does; `mesh` defaults to all devices.
   """
-  validation.validate_config(config)
-  mesh = run.mesh if run else (mesh or parallel.make_mesh())
-  parallel.check_batch_size(config.batch_size, mesh)
-  parallel.check_batch_size(config.eval_batch_size, mesh)
-  run = run or Run(config, mesh)
-  teacher_variables = {}
-  if config.method != 'scratch':
-    teacher_variables = parallel.replicate(checkpoints.load_teacher(
-        config.teacher.checkpoint, config.teacher.model, run.spec.num_classes,
-        run.spec.image_shape[-1], **model_kwargs(config.teacher, 'float32')), mesh)
+  run, teacher_variables = prepare(config, run=run, mesh=mesh)
+  mesh = run.mesh
   workdir = os.path.abspath(workdir)
   validation.prepare_workdir(config, workdir)  # only now: bad input writes nothing
 
@@ -147,7 +175,10 @@ def train_and_evaluate(config, workdir, *, run=None, mesh=None):
   key = jax.random.key(config.seed)
   try:
     for step in range(start + 1, run.total_steps + 1):
-      batch = parallel.global_batch(next(train_iter), mesh)
+      host_batch = next(train_iter)
+      if step == start + 1:
+        validation.check_batch(host_batch, run.spec)
+      batch = parallel.global_batch(host_batch, mesh)
       state, metrics = train_step(state, teacher_variables, batch, jax.random.fold_in(key, step))
       pending.append((step, metrics))
       stop = preempted.is_set()
@@ -170,13 +201,12 @@ def train_and_evaluate(config, workdir, *, run=None, mesh=None):
                                        train_loss=train_loss))
       if stop:
         logging.warning('SIGTERM: saved step %d, exiting; rerun the same command to resume.', step)
-        manager.close()
         raise SystemExit(143)
-  finally:
+  finally:  # on any exit, finish the saves in flight: the last good checkpoint survives
     signal.signal(signal.SIGTERM, previous_handler)
     progress.close()
-  manager.close()
-  writer.close()
+    manager.close()
+    writer.close()
   if config.method == 'scratch':
     checkpoints.save_model(os.path.join(workdir, 'teacher'), jax.device_get(state.variables()),
                            step=run.total_steps, **_model_meta(config, run, top1=last_eval.get('top1')))

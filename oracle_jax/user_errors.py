@@ -3,6 +3,6 @@ prints their one-sentence message instead of a traceback."""
 from oracle_jax import checkpoints, metrics_io, torch_import, validation
 from oracle_jax.data import DatasetNotFoundError
 
-USER_ERRORS = (validation.ConfigError, DatasetNotFoundError, checkpoints.TeacherCheckpointError,
+USER_ERRORS = (validation.ConfigError, checkpoints.CheckpointSaveError, DatasetNotFoundError, checkpoints.TeacherCheckpointError,
                torch_import.CheckpointMismatchError, metrics_io.NonFiniteLossError,
                FileNotFoundError, ValueError)

@@ -30,7 +30,8 @@ def validate_config(config):
   names = [config.student.model] + ([config.teacher.model] if config.method != 'scratch' else [])
   for name in names:
     _require(name in models.NAMES, f'Unknown model {name!r}; choose one of: {", ".join(models.NAMES)}.')
-  _require(config.oracle.gamma >= 0, f'oracle.gamma must be >= 0, got {config.oracle.gamma}.')
+  _require(0 <= config.oracle.gamma < float('inf'),
+           f'oracle.gamma must be >= 0 and finite, got {config.oracle.gamma}.')
   _require(config.oracle.steps >= 1, f'oracle.steps must be >= 1, got {config.oracle.steps}.')
   _require(config.oracle.reference_batch_size >= 1,
            f'oracle.reference_batch_size must be >= 1, got {config.oracle.reference_batch_size}.')
@@ -47,6 +48,21 @@ def validate_config(config):
            f'method={config.method!r} needs a teacher: set --config.teacher.checkpoint to a '
            'model checkpoint directory (e.g. WORKDIR/teacher of a method=scratch run) or a '
            '.pth file.')
+
+
+def check_batch(batch, spec):
+  """The first batch must be what the models were built for: uint8 NHWC of spec's shape."""
+  image = batch['image']
+  _require(image.ndim == 4 and tuple(image.shape[1:]) == tuple(spec.image_shape),
+           f'Images of dataset {spec.name!r} have shape {tuple(image.shape)} but the models '
+           f'expect (batch, {", ".join(map(str, spec.image_shape))}) NHWC; check the input '
+           'pipeline or the dataset.')
+  _require(str(image.dtype) == 'uint8', f'Images must arrive as uint8 (normalized on device), '
+           f'got {image.dtype}.')
+  labels = batch['label']
+  bad = labels[(labels < 0) | (labels >= spec.num_classes)]
+  _require(bad.size == 0, f'Label {bad[:1].tolist()} is outside [0, {spec.num_classes}) for '
+           f'dataset {spec.name!r}; fix the labels or the dataset name.')
 
 
 def prepare_workdir(config, workdir):
