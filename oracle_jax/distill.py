@@ -65,7 +65,9 @@ def accuracy(logits, labels):
 def train_step(state, teacher_variables, batch, rng, *, config, student, teacher, spec,
                learning_rate_fn):
   del rng  # The bundled models are deterministic; kept for models with dropout.
-  x = data.normalize(batch['image'], spec).astype(config.dtype)
+  # x stays float32: the models cast to config.dtype inside, so the oracle update x* is
+  # formed in float32 while the teacher's forward and input gradient run in bf16.
+  x = data.normalize(batch['image'], spec)
   labels = batch['label']
   metrics = {}
   teacher_logits = None

@@ -4,6 +4,8 @@ The batch is sharded over the `data` axis and the state replicated; XLA inserts 
 gradient and BatchNorm all-reduces. The same program runs on one CPU, several devices
 and multi-host pods (where each process feeds its own part of the global batch).
 """
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -41,7 +43,22 @@ def replicate(tree, mesh):
   return jax.device_put(tree, replicated(mesh))
 
 
+# Set by the cluster managers whose multi-process environment JAX detects by itself.
+_CLUSTER_VARIABLES = ('TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS',
+                      'OMPI_COMM_WORLD_SIZE')
+
+
+def _in_multiprocess_cluster():
+  if int(os.environ.get('SLURM_NTASKS', '1')) > 1:
+    return True
+  hosts = os.environ.get('TPU_WORKER_HOSTNAMES', '')
+  return ',' in hosts or any(os.environ.get(v) for v in _CLUSTER_VARIABLES[1:])
+
+
 def initialize(coordinator_address=None, num_processes=None, process_id=None):
-  """Starts JAX's multi-controller runtime when flags (or a cluster environment) ask."""
+  """Starts JAX's multi-controller runtime: explicitly from flags, or auto-detected on
+  TPU pod slices, SLURM (`srun`) and Open MPI; a single process needs nothing."""
   if coordinator_address:
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  elif _in_multiprocess_cluster():
+    jax.distributed.initialize()

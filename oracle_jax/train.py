@@ -42,7 +42,7 @@ def learning_rate_fn(config, steps_per_epoch, total_steps):
 
 
 def model_kwargs(model_config, dtype):
-  kwargs = {'dtype': dtype}
+  kwargs = {'dtype': jax.numpy.dtype(dtype)}
   if model_config.get('small_stem'):
     kwargs['small_stem'] = True
   return kwargs

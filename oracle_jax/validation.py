@@ -4,6 +4,8 @@ import json
 import os
 import shutil
 
+import jax
+
 from oracle_jax import models
 
 METHODS = ('scratch', 'kd')
@@ -78,6 +80,8 @@ def prepare_workdir(config, workdir):
                       '--workdir you can write to.') from None
   path = os.path.join(workdir, 'config.json')
   current = json.loads(config.to_json_best_effort())
+  if jax.process_index() != 0:  # process 0 checks and writes; the others follow it
+    return
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)

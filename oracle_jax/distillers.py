@@ -1,0 +1,442 @@
+"""The paper's baseline distillers — KD, FitNet, AT, DKD, SAD — as losses, modules, and one
+interface the train step calls.
+
+Every loss is a pure function of arrays; teacher arguments pass through `stop_gradient`, so
+no gradient ever reaches the teacher (or, with the oracle on, x*). Features are the dicts
+the models return with `return_features=True` (NHWC `'stage1'…'stageN'`, after ReLU as
+RepDistiller's `is_feat=True`); all arithmetic is float32 whatever the model dtype.
+
+Where the numbers come from (CIFAR-100 unless said otherwise):
+* KD: τ = 4 and ce_weight = α = 1 are the official oracle-KD code's defaults (configs/common.py).
+* FitNet: hint on feature index 2 = `'stage2'` (the middle of 3 CIFAR stages; the same
+  index on 4-stage ImageNet ResNets), weight β = 100, CE weight 1, no KD term — RepDistiller
+  `scripts/run_cifar_distill.sh`: `--distill hint -a 0 -b 100` (`-r` 1 and `--hint_layer` 2
+  by default); mdistiller `CFG.FITNET` (HINT_LAYER 2, FEAT_WEIGHT 100, CE_WEIGHT 1) agrees.
+* AT: p = 2, β = 1000 on the sum over every stage (RepDistiller `feat[1:-1]`), CE weight 1,
+  no KD term — RepDistiller `--distill attention -a 0 -b 1000`; mdistiller `CFG.AT` (P 2,
+  FEAT_WEIGHT 1000) uses the same on CIFAR-100 and ImageNet (`configs/imagenet/r34_r18/at.yaml`).
+* DKD: α = 1, β = 8, τ = 4, warm-up 20 epochs, CE weight 1 — mdistiller `CFG.DKD` defaults
+  (used as is by `configs/cifar100/dkd/res32x4_res8x4.yaml`). mdistiller tunes β per pair:
+  resnet56→resnet20 and resnet110→resnet32 β = 2, wrn_40_2→wrn_16_2 and wrn_40_2→wrn_40_1
+  β = 6; ImageNet ResNet-34→18 α = 1, β = 0.5, τ = 1, warm-up 1
+  (`configs/imagenet/r34_r18/dkd.yaml`).
+* SAD: β = 200, query/key dimension 128, plus 0.9·KD at τ = 4, CE weight 1 — the official
+  code (clovaai/attention-feature-distillation `main.py` defaults, its README's CIFAR-100
+  WRN-40-2→WRN-16-2 command `--beta 200`; loss `CE + alpha·KL + beta·AFD` in `utils.train_kl`).
+  The official code states no other setting (ImageNet included), so 200 is used everywhere.
+
+BatchNorm in the extra modules (FitNet regressor, SAD projections) always normalises with
+the statistics of the current (global) batch, as PyTorch's train mode does. The reference
+code also keeps running statistics for them, but never reads them: these modules run only
+inside the training loss. So they carry no `batch_stats` and their parameters are all there
+is to train and checkpoint.
+"""
+import dataclasses
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from oracle_jax import losses
+from oracle_jax.models import layers
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def l2_normalize(x, axis=-1, eps=1e-12):
+  """`torch.nn.functional.normalize`: x / max(‖x‖₂, eps)."""
+  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
+  return x / jnp.maximum(norm, eps)
+
+
+def _pool_matrix(n_in, n_out):
+  """Row i averages input bins floor(i·n_in/n_out) … ceil((i+1)·n_in/n_out) − 1."""
+  m = np.zeros((n_out, n_in), np.float32)
+  for i in range(n_out):
+    start, end = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
+    m[i, start:end] = 1.0 / (end - start)
+  return m
+
+
+def adaptive_avg_pool(x, out_hw):
+  """`torch.nn.functional.adaptive_avg_pool2d` on NHWC, to any size (smaller or larger)."""
+  if tuple(x.shape[1:3]) == tuple(out_hw):
+    return x
+  return jnp.einsum('ih,bhwc,jw->bijc', _pool_matrix(x.shape[1], out_hw[0]), x,
+                    _pool_matrix(x.shape[2], out_hw[1]), precision=_HIGHEST)
+
+
+def stages(features):
+  """The stage outputs `[stage1, …, stageN]` of a features dict, in order."""
+  n = sum(1 for k in features if k.startswith('stage'))
+  return [features[f'stage{i}'] for i in range(1, n + 1)]
+
+
+def _f32(x):
+  return jnp.asarray(x).astype(jnp.float32)
+
+
+# ------------------------------------------------------------------------------- losses
+
+
+def _kl(log_p, log_q):
+  """Σ_c p·(log p − log q) per example (p = 0 entries contribute 0, as torch's kl_div)."""
+  return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def dkd_parts(student_logits, teacher_logits, labels, *, temperature=4.0):
+  """(TCKD, NCKD) of Decoupled KD, each τ²-scaled and averaged over the batch.
+
+  mdistiller `mdistiller/distillers/DKD.py::dkd_loss`: TCKD is the KL between the binary
+  distributions (p_target, Σ p_non-target) of softmax(z/τ); NCKD the KL between softmax over
+  the non-target classes, obtained by subtracting 1000 from the target logit after the
+  division by τ. The binary log-probabilities are computed in log space (logsumexp over
+  the non-target classes) rather than as log of summed probabilities: equal in exact
+  arithmetic, and never log(0).
+  """
+  s = _f32(student_logits) / temperature
+  t = _f32(jax.lax.stop_gradient(teacher_logits)) / temperature
+  gt = jax.nn.one_hot(labels, s.shape[-1], dtype=jnp.bool_)
+
+  def binary_log_probs(z):
+    log_p = jax.nn.log_softmax(z)
+    log_target = jnp.sum(jnp.where(gt, log_p, 0.0), axis=-1)
+    log_other = jax.nn.logsumexp(jnp.where(gt, -jnp.inf, log_p), axis=-1)
+    return jnp.stack([log_target, log_other], axis=-1)
+
+  tckd = jnp.mean(_kl(binary_log_probs(t), binary_log_probs(s)))
+  nckd = jnp.mean(_kl(jax.nn.log_softmax(t - 1000.0 * gt), jax.nn.log_softmax(s - 1000.0 * gt)))
+  return tckd * temperature**2, nckd * temperature**2
+
+
+def dkd_loss(student_logits, teacher_logits, labels, *, alpha=1.0, beta=8.0, temperature=4.0):
+  """Decoupled KD (Zhao et al., CVPR 2022): α·TCKD + β·NCKD, τ² included, no warm-up.
+
+  Defaults α = 1, β = 8, τ = 4: mdistiller `CFG.DKD` (CIFAR-100). The warm-up factor
+  min(epoch / 20, 1) of mdistiller's `DKD.forward_train` is the caller's (see `DKD`).
+  """
+  tckd, nckd = dkd_parts(student_logits, teacher_logits, labels, temperature=temperature)
+  return alpha * tckd + beta * nckd
+
+
+def attention_map(feature, p=2):
+  """Zagoruyko & Komodakis: mean over channels of |f|^p, flattened, L2-normalised per example."""
+  a = jnp.mean(jnp.abs(_f32(feature)) ** p, axis=-1)
+  return l2_normalize(a.reshape(a.shape[0], -1))
+
+
+def attention_transfer_loss(student_feature, teacher_feature, *, p=2):
+  """AT for one NHWC feature pair: mean over (batch, positions) of the squared difference of
+  the attention maps; the larger map is first adaptive-average-pooled to the smaller.
+
+  RepDistiller `distiller_zoo/AT.py::Attention.at_loss` (p = 2 there; |f| makes odd p
+  meaningful on features that are not post-ReLU). The weight β = 1000, on the sum over
+  stages, is the caller's (see `AT`).
+  """
+  teacher_feature = jax.lax.stop_gradient(teacher_feature)
+  hw = tuple(min(s, t) for s, t in zip(student_feature.shape[1:3], teacher_feature.shape[1:3]))
+  a_s = attention_map(adaptive_avg_pool(_f32(student_feature), hw), p)
+  a_t = attention_map(adaptive_avg_pool(_f32(teacher_feature), hw), p)
+  return jnp.mean(jnp.square(a_s - a_t))
+
+
+def hint_loss(student_regressed, teacher_feature):
+  """FitNet (Romero et al.): mean squared error, RepDistiller `distiller_zoo/FitNet.py`
+  (`nn.MSELoss()`). The weight 100 is the caller's (see `FitNet`)."""
+  teacher_feature = jax.lax.stop_gradient(teacher_feature)
+  return jnp.mean(jnp.square(_f32(student_regressed) - _f32(teacher_feature)))
+
+
+# ------------------------------------------------------------------------------ modules
+
+
+def _torch_uniform(fan_in):
+  """PyTorch's default Linear/Conv init: U(±1/√fan_in) for weight and bias alike."""
+  return layers.torch_linear_bias_init(fan_in)
+
+
+class BatchStatNorm(nn.Module):
+  """BatchNorm as PyTorch computes it in train mode — batch mean, biased variance, ε 1e-5,
+  γ = 1, β = 0 at init — over every axis but the last; no running statistics (see the
+  module docstring)."""
+  epsilon: float = layers.BN_EPSILON
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param('scale', nn.initializers.ones, (x.shape[-1],), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axes)
+    var = jnp.mean(jnp.square(x - mean), axes)
+    return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+
+
+class ConvRegressor(nn.Module):
+  """FitNet's regressor, RepDistiller `models/util.py::ConvReg` (use_relu=True, as
+  `train_student.py` builds it): conv → BN → ReLU mapping the student feature onto the
+  teacher's shape `(out_hw, features)`. The conv, by the spatial sizes (as ConvReg):
+  student H = 2·teacher H → 3×3 stride 2 pad 1; student H = teacher H / 2 → 4×4 stride-2
+  transposed conv (pad 1); student H ≥ teacher H → a VALID conv of kernel
+  (1 + ΔH, 1 + ΔW), i.e. the 1×1 conv when sizes agree; anything else is unsupported.
+  Convs have a bias and PyTorch's default init. (Checked against ConvReg itself: equal
+  outputs, the transposed conv's kernel being torch's flipped in space, as Flax stores it.)
+  """
+  features: int
+  out_hw: Sequence[int]
+
+  @nn.compact
+  def __call__(self, x):
+    x = _f32(x)
+    (s_h, s_w, s_c), (t_h, t_w) = x.shape[1:], tuple(self.out_hw)
+    if s_h == 2 * t_h:
+      kernel, stride, padding = (3, 3), (2, 2), ((1, 1), (1, 1))
+    elif 2 * s_h == t_h:
+      kernel, stride, padding = (4, 4), (2, 2), None
+    elif s_h >= t_h:
+      kernel, stride, padding = (1 + s_h - t_h, 1 + s_w - t_w), (1, 1), 'VALID'
+    else:
+      raise ValueError(f'ConvRegressor: student size {s_h}×{s_w}, teacher {t_h}×{t_w} '
+                       'is not a case RepDistiller ConvReg handles.')
+    if padding is None:
+      # PyTorch ConvTranspose2d(k=4, s=2, p=1): pad the dilated input by k − 1 − p = 2;
+      # torch's fan-in for a transposed conv counts output channels.
+      fan_in = self.features * 16
+      conv = nn.ConvTranspose(self.features, kernel, strides=stride, padding=((2, 2), (2, 2)),
+                              kernel_init=_torch_uniform(fan_in), bias_init=_torch_uniform(fan_in),
+                              precision=_HIGHEST, name='conv')
+    else:
+      fan_in = s_c * kernel[0] * kernel[1]
+      conv = nn.Conv(self.features, kernel, strides=stride, padding=padding,
+                     kernel_init=_torch_uniform(fan_in), bias_init=_torch_uniform(fan_in),
+                     precision=_HIGHEST, name='conv')
+    y = conv(x)
+    if y.shape[1:3] != (t_h, t_w):
+      raise ValueError(f'ConvRegressor: regressed {y.shape[1:3]}, teacher ({t_h}, {t_w}).')
+    return nn.relu(BatchStatNorm(name='bn')(y))
+
+
+class _LinearBN(nn.Module):
+  """The official SAD code's `nn_bn_relu` without its ReLU: Linear (PyTorch init) → BN1d."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    init = _torch_uniform(x.shape[-1])
+    x = nn.Dense(self.features, kernel_init=init, bias_init=init, precision=_HIGHEST,
+                 name='linear')(x)
+    return BatchStatNorm(name='bn')(x)
+
+
+class SADAttention(nn.Module):
+  """Show, Attend and Distill (Ji, Heo & Park, AAAI 2021): attention-weighted feature
+  matching over every (teacher stage, student stage) pair; returns the loss, unweighted.
+
+  The official code, clovaai/attention-feature-distillation `distill/AFD.py`, step by step:
+  * query_t = BN(Linear(channel-mean of teacher stage t)), no ReLU     (`LinearTransformTeacher`)
+  * key_s = ReLU(BN(Linear(channel-mean of student stage s)))          (`LinearTransformStudent`)
+  * bilinear key: one shared BN(Linear(qk → qk·T)) over all B·S keys, viewed [B, S, T, qk]
+  * logit[b,t,s] = (⟨bilinear[b,s,t], query[b,t]⟩ + ⟨p_t[t], p_s[s]⟩) / √qk, with learned
+    positional embeddings p_t [T, qk], p_s [S, qk] (Xavier-normal init); softmax over s.
+  * values: teacher mean_c f_t² flattened and L2-normalised; student mean_c f_s²
+    adaptive-average-pooled to teacher t's size (up or down), flattened, L2-normalised.
+  * loss = Σ_t mean_b Σ_s att[b,t,s] · mean_positions (v_s − v_t)².
+  qk_dim = 128 is the official `--qk_dim` default. The official code matches every
+  residual block's output (e.g. 9 × 27 pairs for resnet20 ← resnet56); our models expose
+  stage outputs, so the attention runs over all stage pairs (3 × 3 on CIFAR).
+  """
+  qk_dim: int = 128
+
+  @nn.compact
+  def __call__(self, student_feats, teacher_feats):
+    student_feats = [_f32(f) for f in student_feats]
+    teacher_feats = [_f32(jax.lax.stop_gradient(f)) for f in teacher_feats]
+    n_s, n_t, b, qk = len(student_feats), len(teacher_feats), student_feats[0].shape[0], self.qk_dim
+
+    query = jnp.stack([_LinearBN(qk, name=f'query{i}')(jnp.mean(f, (1, 2)))
+                       for i, f in enumerate(teacher_feats)], axis=1)               # [B, T, qk]
+    key = jnp.stack([nn.relu(_LinearBN(qk, name=f'key{i}')(jnp.mean(f, (1, 2))))
+                     for i, f in enumerate(student_feats)], axis=1)                 # [B, S, qk]
+    bilinear = _LinearBN(qk * n_t, name='bilinear')(key.reshape(b * n_s, qk))
+    bilinear = bilinear.reshape(b, n_s, n_t, qk)
+    p_t = self.param('p_t', nn.initializers.normal(math.sqrt(2.0 / (n_t + qk))), (n_t, qk))
+    p_s = self.param('p_s', nn.initializers.normal(math.sqrt(2.0 / (n_s + qk))), (n_s, qk))
+    logit = (jnp.einsum('bstq,btq->bts', bilinear, query, precision=_HIGHEST)
+             + jnp.matmul(p_t, p_s.T, precision=_HIGHEST)) / math.sqrt(qk)
+    att = jax.nn.softmax(logit, axis=-1)                                           # [B, T, S]
+
+    loss = 0.0
+    for i, f_t in enumerate(teacher_feats):
+      v_t = l2_normalize(jnp.mean(jnp.square(f_t), -1).reshape(b, -1))              # [B, HW]
+      v_s = jnp.stack([
+          l2_normalize(adaptive_avg_pool(jnp.mean(jnp.square(f_s), -1, keepdims=True),
+                                         f_t.shape[1:3]).reshape(b, -1))
+          for f_s in student_feats], axis=1)                                        # [B, S, HW]
+      diff = jnp.mean(jnp.square(v_s - v_t[:, None]), axis=-1)                      # [B, S]
+      loss = loss + jnp.mean(jnp.sum(diff * att[:, i], axis=-1))
+    return loss
+
+
+# ---------------------------------------------------------------------------- interface
+
+
+def _zeros_like(features):
+  """Concrete zeros for `init` from arrays or `jax.ShapeDtypeStruct`s (e.g. `eval_shape`)."""
+  return jax.tree.map(lambda f: jnp.zeros(f.shape, jnp.float32), features)
+
+
+class Distiller:
+  """What the train step calls; one subclass per method.
+
+  `loss(...)` returns `(weighted distillation loss, terms)`: the distillation part of the
+  objective, every weight applied, the CE term excluded; `terms` holds each unweighted
+  term for logging. `epoch` is the 1-based epoch (mdistiller counts from 1); only DKD uses it.
+  """
+  needs_features = False
+
+  def init_modules(self, rng, student_feats, teacher_feats):
+    """Parameters of the method's trainable extra modules; `{}` when it has none."""
+    del rng, student_feats, teacher_feats
+    return {}
+
+  def loss(self, module_params, student_logits, student_feats, teacher_logits, teacher_feats,
+           labels, *, epoch):
+    raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class KD(Distiller):
+  """α·KD(τ): Hinton et al., `losses.kd_loss` (τ² included)."""
+  alpha: float
+  temperature: float
+
+  def loss(self, module_params, student_logits, student_feats, teacher_logits, teacher_feats,
+           labels, *, epoch):
+    kd = losses.kd_loss(student_logits, teacher_logits, self.temperature)
+    return self.alpha * kd, {'kd': kd}
+
+
+@dataclasses.dataclass(frozen=True)
+class FitNet(Distiller):
+  """weight · MSE(ConvRegressor(student[stage]), teacher[stage])."""
+  stage: str
+  weight: float
+  needs_features = True
+
+  def _regressor(self, teacher_feature):
+    return ConvRegressor(teacher_feature.shape[-1], tuple(teacher_feature.shape[1:3]))
+
+  def init_modules(self, rng, student_feats, teacher_feats):
+    t = teacher_feats[self.stage]
+    return self._regressor(t).init(rng, _zeros_like(student_feats[self.stage]))['params']
+
+  def loss(self, module_params, student_logits, student_feats, teacher_logits, teacher_feats,
+           labels, *, epoch):
+    t = teacher_feats[self.stage]
+    regressed = self._regressor(t).apply({'params': module_params}, student_feats[self.stage])
+    hint = hint_loss(regressed, t)
+    return self.weight * hint, {'hint': hint}
+
+
+@dataclasses.dataclass(frozen=True)
+class AT(Distiller):
+  """β · Σ_stages attention_transfer_loss(student stage i, teacher stage i)."""
+  beta: float
+  p: float
+  needs_features = True
+
+  def loss(self, module_params, student_logits, student_feats, teacher_logits, teacher_feats,
+           labels, *, epoch):
+    s, t = stages(student_feats), stages(teacher_feats)
+    if len(s) != len(t):
+      raise ValueError(f'AT pairs stages one to one: student has {len(s)}, teacher {len(t)}.')
+    at = sum(attention_transfer_loss(f_s, f_t, p=self.p) for f_s, f_t in zip(s, t))
+    return self.beta * at, {'at': at}
+
+
+@dataclasses.dataclass(frozen=True)
+class DKD(Distiller):
+  """min(epoch / warmup, 1) · (α·TCKD + β·NCKD): mdistiller `DKD.forward_train`."""
+  alpha: float
+  beta: float
+  temperature: float
+  warmup_epochs: float
+
+  def loss(self, module_params, student_logits, student_feats, teacher_logits, teacher_feats,
+           labels, *, epoch):
+    tckd, nckd = dkd_parts(student_logits, teacher_logits, labels, temperature=self.temperature)
+    warmup = (jnp.minimum(jnp.asarray(epoch, jnp.float32) / self.warmup_epochs, 1.0)
+              if self.warmup_epochs > 0 else jnp.float32(1.0))
+    loss = warmup * (self.alpha * tckd + self.beta * nckd)
+    return loss, {'tckd': tckd, 'nckd': nckd, 'dkd_warmup': warmup}
+
+
+@dataclasses.dataclass(frozen=True)
+class SAD(Distiller):
+  """β · SADAttention(all student stages, all teacher stages) + kd_weight · KD(τ)."""
+  beta: float
+  qk_dim: int
+  kd_weight: float
+  temperature: float
+  needs_features = True
+
+  def init_modules(self, rng, student_feats, teacher_feats):
+    return SADAttention(self.qk_dim).init(
+        rng, stages(_zeros_like(student_feats)), stages(_zeros_like(teacher_feats)))['params']
+
+  def loss(self, module_params, student_logits, student_feats, teacher_logits, teacher_feats,
+           labels, *, epoch):
+    sad = SADAttention(self.qk_dim).apply({'params': module_params}, stages(student_feats),
+                                          stages(teacher_feats))
+    kd = losses.kd_loss(student_logits, teacher_logits, self.temperature)
+    return self.beta * sad + self.kd_weight * kd, {'sad': sad, 'kd': kd}
+
+
+METHODS = ('kd', 'fitnet', 'at', 'dkd', 'sad')
+
+
+def default_distill_config():
+  """`config.distill`: the baselines' hyper-parameters (sources in the module docstring).
+
+  KD itself reads the top-level `config.alpha` and `config.temperature`; SAD's KD term
+  reads `config.temperature` too (both 4, the official oracle and SAD defaults).
+  """
+  c = ml_collections.ConfigDict()
+  c.fitnet_stage = 'stage2'       # RepDistiller --hint_layer 2
+  c.fitnet_weight = 100.0         # RepDistiller -b 100
+  c.at_p = 2.0                    # RepDistiller Attention(p=2)
+  c.at_beta = 1000.0              # RepDistiller -b 1000 (sum over stages)
+  c.dkd_alpha = 1.0               # mdistiller CFG.DKD.ALPHA
+  c.dkd_beta = 8.0                # mdistiller CFG.DKD.BETA (per-pair values: module docstring)
+  c.dkd_temperature = 4.0         # mdistiller CFG.DKD.T
+  c.dkd_warmup_epochs = 20.0      # mdistiller CFG.DKD.WARMUP
+  c.sad_beta = 200.0              # official SAD --beta 200
+  c.sad_qk_dim = 128              # official SAD --qk_dim 128
+  c.sad_kd_weight = 0.9           # official SAD --alpha 0.9 (its KD term)
+  return c
+
+
+def get(config) -> Distiller:
+  """The distiller for `config.method` (one of METHODS); `config.distill` as above."""
+  method, d = config.method, config.get('distill')
+  if method == 'kd':
+    return KD(alpha=config.alpha, temperature=config.temperature)
+  if method not in METHODS:
+    raise ValueError(f'Unknown distillation method {method!r}; choose one of {METHODS}.')
+  if d is None:
+    raise ValueError(f'method {method!r} needs config.distill (see default_distill_config()).')
+  if method == 'fitnet':
+    return FitNet(stage=d.fitnet_stage, weight=d.fitnet_weight)
+  if method == 'at':
+    return AT(beta=d.at_beta, p=d.at_p)
+  if method == 'dkd':
+    return DKD(alpha=d.dkd_alpha, beta=d.dkd_beta, temperature=d.dkd_temperature,
+               warmup_epochs=d.dkd_warmup_epochs)
+  return SAD(beta=d.sad_beta, qk_dim=d.sad_qk_dim, kd_weight=d.sad_kd_weight,
+             temperature=config.temperature)

@@ -1,0 +1,102 @@
+"""Scale-out: 2 processes × 4 devices = 1 process × 8 devices; checkpoints move between
+device counts; bf16 computes in bf16 with a float32 oracle update."""
+import functools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_train import REPO, digits_config, final_params
+
+from oracle_jax import checkpoints, models, oracle, parallel, train
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('tfds')
+
+
+@pytest.fixture(scope='module')
+def teacher_dir(data_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('teacher')
+  train.train_and_evaluate(digits_config(data_dir, method='scratch', train_steps=10), str(workdir))
+  return str(workdir / 'teacher')
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process(data_dir, teacher_dir, tmp_path):
+  flags = ['--config.demo=False', '--config.method=kd', '--config.student.model=resnet8',
+           '--config.teacher.model=resnet8', f'--config.teacher.checkpoint={teacher_dir}',
+           f'--config.data_dir={data_dir}', '--config.batch_size=16', '--config.eval_batch_size=64',
+           '--config.train_steps=6', '--config.log_every_steps=2',
+           '--config.checkpoint_every_steps=3']
+  port = _free_port()
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
+         'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+  procs = [subprocess.Popen(
+      [sys.executable, os.path.join(REPO, 'launch', 'main.py'), f'--workdir={tmp_path / "mp"}',
+       f'--coordinator_address=localhost:{port}', '--num_processes=2', f'--process_id={i}', *flags],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=400) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  config = digits_config(data_dir, method='kd', train_steps=6, checkpoint_every_steps=3,
+                         **{'teacher.model': 'resnet8', 'teacher.checkpoint': teacher_dir})
+  single = train.train_and_evaluate(config, str(tmp_path / 'sp'))
+  import json
+  multi = json.loads((tmp_path / 'mp' / 'results.json').read_text())
+  # Each of the 540 test digits is counted exactly once across the two processes.
+  assert multi['final_top1'] == pytest.approx(single['final_top1'], abs=1 / 540 + 1e-9)
+  np.testing.assert_allclose(multi['final_train_loss'], single['final_train_loss'], rtol=1e-4)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=2e-4, atol=2e-5),
+               final_params(config, str(tmp_path / 'mp')), final_params(config, str(tmp_path / 'sp')))
+
+
+@pytest.mark.parametrize('first,second', [(8, 1), (1, 8)])
+def test_checkpoint_moves_between_device_counts(data_dir, tmp_path, first, second):
+  config = digits_config(data_dir, method='scratch', train_steps=8, checkpoint_every_steps=4)
+  mesh = lambda n: parallel.make_mesh(jax.devices()[:n])
+  train.train_and_evaluate(config, str(tmp_path / 'straight'), mesh=mesh(first))
+  shutil.copytree(tmp_path / 'straight', tmp_path / 'moved')
+  shutil.rmtree(tmp_path / 'moved' / 'checkpoints' / '8')  # as if stopped after step 4
+  train.train_and_evaluate(config, str(tmp_path / 'moved'), mesh=mesh(second))
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=2e-4, atol=2e-5),
+               final_params(config, str(tmp_path / 'moved')),
+               final_params(config, str(tmp_path / 'straight')))
+
+
+def test_bfloat16_run_is_close_to_float32(data_dir, teacher_dir, tmp_path):
+  kwargs = dict(method='kd', train_steps=4, **{'teacher.model': 'resnet8',
+                                               'teacher.checkpoint': teacher_dir})
+  f32 = train.train_and_evaluate(digits_config(data_dir, **kwargs), str(tmp_path / 'f32'))
+  bf16 = train.train_and_evaluate(digits_config(data_dir, dtype='bfloat16', **kwargs),
+                                  str(tmp_path / 'bf16'))
+  assert np.isfinite(bf16['final_train_loss'])
+  assert bf16['final_train_loss'] == pytest.approx(f32['final_train_loss'], rel=0.05)
+  params = final_params(digits_config(data_dir, dtype='bfloat16', **kwargs), str(tmp_path / 'bf16'))
+  assert all(a.dtype == np.float32 for a in jax.tree.leaves(params))  # float32 master params
+
+
+def test_bfloat16_teacher_gives_float32_oracle_update():
+  model = models.create('resnet8', 10, dtype=jnp.bfloat16)
+  x = jax.random.normal(jax.random.key(0), (8, 8, 8, 1))
+  variables = model.init(jax.random.key(1), x)
+  logits_fn = functools.partial(model.apply, variables)
+  jaxpr = jax.make_jaxpr(lambda x: oracle.reinforce(logits_fn, x, jnp.arange(8), gamma=1.0))(x)
+  assert jaxpr.out_avals[0].dtype == jnp.float32
+  convs = [e for e in jaxpr.jaxpr.eqns if 'conv' in str(e.primitive)]
+  del convs  # the convolutions themselves live inside pjit sub-jaxprs
+  text = str(jaxpr)
+  assert 'bf16[8,8,8,16]' in text  # teacher activations are bf16
+  # The update x - γ·g·|x| is computed on float32 arrays of x's shape.
+  assert 'f32[8,8,8,1]' in text and text.count('abs') >= 1
