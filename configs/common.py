@@ -7,7 +7,7 @@ every parameter, batch 64, 240 epochs with lr ×0.1 at epochs 150/180/210, τ = 
 """
 import ml_collections
 
-METHODS = ('scratch', 'kd')
+from oracle_jax import distillers
 
 
 def base_config():
@@ -15,7 +15,9 @@ def base_config():
   c.dataset = 'cifar100'
   c.data_dir = ''             # '' = TFDS's default (TFDS_DATA_DIR or ~/tensorflow_datasets)
   c.train_examples = 0        # > 0: train on a fixed class-stratified subset of this size
-  c.method = 'kd'             # 'scratch' (supervised; trains teachers) | 'kd'
+  # 'scratch' (supervised; trains teachers) | 'kd' | 'fitnet' | 'at' | 'dkd' | 'sad'.
+  # oracle.enabled applies to every distiller: all teacher signals come from x*.
+  c.method = 'kd'
 
   c.teacher = ml_collections.ConfigDict()
   c.teacher.model = 'resnet56'
@@ -36,6 +38,7 @@ def base_config():
   c.alpha = 1.0
   c.ce_weight = 1.0
   c.label_smoothing = 0.0
+  c.distill = distillers.default_distill_config()  # FitNet/AT/DKD/SAD hyper-parameters
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'sgd'

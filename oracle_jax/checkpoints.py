@@ -105,7 +105,7 @@ def load_teacher(source: str, model_name: str, num_classes: int, in_channels: in
 
 def _state_tree(state):
   return {'step': state.step, 'params': state.params, 'batch_stats': state.batch_stats,
-          'opt_state': state.opt_state}
+          'distiller_params': state.distiller_params, 'opt_state': state.opt_state}
 
 
 class TrainCheckpoints:

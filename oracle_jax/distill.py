@@ -18,19 +18,26 @@ from oracle_jax import data, losses, oracle, parallel
 
 class TrainState(flax.struct.PyTreeNode):
   step: jax.Array
-  params: Any          # the student's parameters
-  batch_stats: Any     # the student's BatchNorm running statistics (not optimizer state)
+  params: Any            # the student's parameters
+  batch_stats: Any       # the student's BatchNorm running statistics (not optimizer state)
+  distiller_params: Any  # trainable modules of a distiller (FitNet regressor, SAD), or {}
   opt_state: Any
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
   @classmethod
-  def create(cls, variables, tx):
-    params = variables['params']
-    return cls(step=jnp.zeros((), jnp.int32), params=params,
-               batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params), tx=tx)
+  def create(cls, variables, tx, distiller_params=None):
+    distiller_params = distiller_params or {}
+    trainable = {'student': variables['params'], 'distiller': distiller_params}
+    return cls(step=jnp.zeros((), jnp.int32), params=variables['params'],
+               batch_stats=variables.get('batch_stats', {}), distiller_params=distiller_params,
+               opt_state=tx.init(trainable), tx=tx)
 
   def variables(self):
     return {'params': self.params, 'batch_stats': self.batch_stats}
+
+  def trainable(self):
+    """What the optimizer updates: the student and the distiller's own modules."""
+    return {'student': self.params, 'distiller': self.distiller_params}
 
 
 def make_optimizer(config, learning_rate_fn):
@@ -44,18 +51,25 @@ def make_optimizer(config, learning_rate_fn):
                                nesterov=opt.nesterov))
 
 
-def teacher_signal(config, teacher, teacher_variables, x, labels):
-  """Teacher logits on x* (oracle on) or x, plus the teacher's accuracy metrics."""
+def teacher_signal(config, teacher, teacher_variables, x, labels, with_features):
+  """Teacher logits (and features) on x* (oracle on) or x, plus accuracy metrics.
+
+  With the oracle on, every teacher signal — logits and features — comes from one
+  teacher pass on x*; the student still sees x.
+  """
   logits_fn = functools.partial(teacher.apply, teacher_variables, train=False)
-  if not config.oracle.enabled:
-    logits = logits_fn(x)
-    return jax.lax.stop_gradient(logits), {'teacher_accuracy': accuracy(logits, labels)}
-  x_star, logits_x = oracle.reinforce_and_logits(
-      logits_fn, x, labels, gamma=config.oracle.gamma, steps=config.oracle.steps,
-      reference_batch_size=config.oracle.reference_batch_size)
-  logits = jax.lax.stop_gradient(logits_fn(x_star))
-  return logits, {'teacher_accuracy': accuracy(logits_x, labels),
-                  'oracle_accuracy': accuracy(logits, labels)}
+  teacher_input, metrics = x, {}
+  if config.oracle.enabled:
+    teacher_input, logits_x = oracle.reinforce_and_logits(
+        logits_fn, x, labels, gamma=config.oracle.gamma, steps=config.oracle.steps,
+        reference_batch_size=config.oracle.reference_batch_size)
+    metrics['teacher_accuracy'] = accuracy(logits_x, labels)
+  out = logits_fn(teacher_input, return_features=with_features)
+  logits, feats = out if with_features else (out, None)
+  logits, feats = jax.lax.stop_gradient((logits, feats))
+  metrics['oracle_accuracy' if config.oracle.enabled else 'teacher_accuracy'] = accuracy(
+      logits, labels)
+  return logits, feats, metrics
 
 
 def accuracy(logits, labels):
@@ -63,33 +77,43 @@ def accuracy(logits, labels):
 
 
 def train_step(state, teacher_variables, batch, rng, *, config, student, teacher, spec,
-               learning_rate_fn):
+               learning_rate_fn, distiller=None, steps_per_epoch=1.0):
+  """One optimizer step. `distiller` (from `oracle_jax.distillers.get`) is None for
+  supervised training (`method='scratch'`)."""
   del rng  # The bundled models are deterministic; kept for models with dropout.
   # x stays float32: the models cast to config.dtype inside, so the oracle update x* is
   # formed in float32 while the teacher's forward and input gradient run in bf16.
   x = data.normalize(batch['image'], spec)
   labels = batch['label']
   metrics = {}
-  teacher_logits = None
-  if config.method != 'scratch':
-    teacher_logits, metrics = teacher_signal(config, teacher, teacher_variables, x, labels)
+  features = distiller is not None and distiller.needs_features
+  if distiller is not None:
+    t_logits, t_feats, metrics = teacher_signal(config, teacher, teacher_variables, x, labels,
+                                                features)
+  # Epochs counted from 1, as mdistiller's DKD warm-up expects.
+  epoch = jnp.floor(state.step / steps_per_epoch) + 1
 
-  def loss_fn(params):
-    logits, updates = student.apply({'params': params, 'batch_stats': state.batch_stats}, x,
-                                    train=True, mutable=['batch_stats'])
+  def loss_fn(trainable):
+    out, updates = student.apply({'params': trainable['student'],
+                                  'batch_stats': state.batch_stats}, x, train=True,
+                                 return_features=features, mutable=['batch_stats'])
+    logits, s_feats = out if features else (out, None)
     ce = losses.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
-    terms = {'ce': ce}
-    loss = config.ce_weight * ce if teacher_logits is not None else ce
-    if teacher_logits is not None:
-      terms['kd'] = losses.kd_loss(logits, teacher_logits, config.temperature)
-      loss = loss + config.alpha * terms['kd']
-    return loss, (logits, updates['batch_stats'], terms)
+    if distiller is None:
+      return ce, (logits, updates['batch_stats'], {'ce': ce})
+    distill_loss, terms = distiller.loss(trainable['distiller'], logits, s_feats, t_logits,
+                                         t_feats, labels, epoch=epoch)
+    loss = config.ce_weight * ce + distill_loss
+    return loss, (logits, updates['batch_stats'], {'ce': ce, **terms})
 
+  trainable = state.trainable()
   (loss, (logits, batch_stats, terms)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                            batch_stats=batch_stats, opt_state=opt_state)
+      loss_fn, has_aux=True)(trainable)
+  updates, opt_state = state.tx.update(grads, state.opt_state, trainable)
+  trainable = optax.apply_updates(trainable, updates)
+  new_state = state.replace(step=state.step + 1, params=trainable['student'],
+                            distiller_params=trainable['distiller'], batch_stats=batch_stats,
+                            opt_state=opt_state)
   metrics.update(terms, loss=loss, accuracy=accuracy(logits, labels),
                  grad_norm=optax.tree.norm(grads), learning_rate=learning_rate_fn(state.step))
   return new_state, metrics

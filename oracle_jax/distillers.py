@@ -47,111 +47,11 @@ from oracle_jax.models import layers
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-# ----------------------------------------------------------------------------- helpers
-
-
-def l2_normalize(x, axis=-1, eps=1e-12):
-  """`torch.nn.functional.normalize`: x / max(‖x‖₂, eps)."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
-  return x / jnp.maximum(norm, eps)
-
-
-def _pool_matrix(n_in, n_out):
-  """Row i averages input bins floor(i·n_in/n_out) … ceil((i+1)·n_in/n_out) − 1."""
-  m = np.zeros((n_out, n_in), np.float32)
-  for i in range(n_out):
-    start, end = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
-    m[i, start:end] = 1.0 / (end - start)
-  return m
-
-
-def adaptive_avg_pool(x, out_hw):
-  """`torch.nn.functional.adaptive_avg_pool2d` on NHWC, to any size (smaller or larger)."""
-  if tuple(x.shape[1:3]) == tuple(out_hw):
-    return x
-  return jnp.einsum('ih,bhwc,jw->bijc', _pool_matrix(x.shape[1], out_hw[0]), x,
-                    _pool_matrix(x.shape[2], out_hw[1]), precision=_HIGHEST)
-
-
 def stages(features):
   """The stage outputs `[stage1, …, stageN]` of a features dict, in order."""
   n = sum(1 for k in features if k.startswith('stage'))
   return [features[f'stage{i}'] for i in range(1, n + 1)]
 
-
-def _f32(x):
-  return jnp.asarray(x).astype(jnp.float32)
-
-
-# ------------------------------------------------------------------------------- losses
-
-
-def _kl(log_p, log_q):
-  """Σ_c p·(log p − log q) per example (p = 0 entries contribute 0, as torch's kl_div)."""
-  return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
-
-
-def dkd_parts(student_logits, teacher_logits, labels, *, temperature=4.0):
-  """(TCKD, NCKD) of Decoupled KD, each τ²-scaled and averaged over the batch.
-
-  mdistiller `mdistiller/distillers/DKD.py::dkd_loss`: TCKD is the KL between the binary
-  distributions (p_target, Σ p_non-target) of softmax(z/τ); NCKD the KL between softmax over
-  the non-target classes, obtained by subtracting 1000 from the target logit after the
-  division by τ. The binary log-probabilities are computed in log space (logsumexp over
-  the non-target classes) rather than as log of summed probabilities: equal in exact
-  arithmetic, and never log(0).
-  """
-  s = _f32(student_logits) / temperature
-  t = _f32(jax.lax.stop_gradient(teacher_logits)) / temperature
-  gt = jax.nn.one_hot(labels, s.shape[-1], dtype=jnp.bool_)
-
-  def binary_log_probs(z):
-    log_p = jax.nn.log_softmax(z)
-    log_target = jnp.sum(jnp.where(gt, log_p, 0.0), axis=-1)
-    log_other = jax.nn.logsumexp(jnp.where(gt, -jnp.inf, log_p), axis=-1)
-    return jnp.stack([log_target, log_other], axis=-1)
-
-  tckd = jnp.mean(_kl(binary_log_probs(t), binary_log_probs(s)))
-  nckd = jnp.mean(_kl(jax.nn.log_softmax(t - 1000.0 * gt), jax.nn.log_softmax(s - 1000.0 * gt)))
-  return tckd * temperature**2, nckd * temperature**2
-
-
-def dkd_loss(student_logits, teacher_logits, labels, *, alpha=1.0, beta=8.0, temperature=4.0):
-  """Decoupled KD (Zhao et al., CVPR 2022): α·TCKD + β·NCKD, τ² included, no warm-up.
-
-  Defaults α = 1, β = 8, τ = 4: mdistiller `CFG.DKD` (CIFAR-100). The warm-up factor
-  min(epoch / 20, 1) of mdistiller's `DKD.forward_train` is the caller's (see `DKD`).
-  """
-  tckd, nckd = dkd_parts(student_logits, teacher_logits, labels, temperature=temperature)
-  return alpha * tckd + beta * nckd
-
-
-def attention_map(feature, p=2):
-  """Zagoruyko & Komodakis: mean over channels of |f|^p, flattened, L2-normalised per example."""
-  a = jnp.mean(jnp.abs(_f32(feature)) ** p, axis=-1)
-  return l2_normalize(a.reshape(a.shape[0], -1))
-
-
-def attention_transfer_loss(student_feature, teacher_feature, *, p=2):
-  """AT for one NHWC feature pair: mean over (batch, positions) of the squared difference of
-  the attention maps; the larger map is first adaptive-average-pooled to the smaller.
-
-  RepDistiller `distiller_zoo/AT.py::Attention.at_loss` (p = 2 there; |f| makes odd p
-  meaningful on features that are not post-ReLU). The weight β = 1000, on the sum over
-  stages, is the caller's (see `AT`).
-  """
-  teacher_feature = jax.lax.stop_gradient(teacher_feature)
-  hw = tuple(min(s, t) for s, t in zip(student_feature.shape[1:3], teacher_feature.shape[1:3]))
-  a_s = attention_map(adaptive_avg_pool(_f32(student_feature), hw), p)
-  a_t = attention_map(adaptive_avg_pool(_f32(teacher_feature), hw), p)
-  return jnp.mean(jnp.square(a_s - a_t))
-
-
-def hint_loss(student_regressed, teacher_feature):
-  """FitNet (Romero et al.): mean squared error, RepDistiller `distiller_zoo/FitNet.py`
-  (`nn.MSELoss()`). The weight 100 is the caller's (see `FitNet`)."""
-  teacher_feature = jax.lax.stop_gradient(teacher_feature)
-  return jnp.mean(jnp.square(_f32(student_regressed) - _f32(teacher_feature)))
 
 
 # ------------------------------------------------------------------------------ modules
@@ -193,7 +93,7 @@ class ConvRegressor(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = _f32(x)
+    x = losses.as_float32(x)
     (s_h, s_w, s_c), (t_h, t_w) = x.shape[1:], tuple(self.out_hw)
     if s_h == 2 * t_h:
       kernel, stride, padding = (3, 3), (2, 2), ((1, 1), (1, 1))
@@ -255,8 +155,8 @@ class SADAttention(nn.Module):
 
   @nn.compact
   def __call__(self, student_feats, teacher_feats):
-    student_feats = [_f32(f) for f in student_feats]
-    teacher_feats = [_f32(jax.lax.stop_gradient(f)) for f in teacher_feats]
+    student_feats = [losses.as_float32(f) for f in student_feats]
+    teacher_feats = [losses.as_float32(jax.lax.stop_gradient(f)) for f in teacher_feats]
     n_s, n_t, b, qk = len(student_feats), len(teacher_feats), student_feats[0].shape[0], self.qk_dim
 
     query = jnp.stack([_LinearBN(qk, name=f'query{i}')(jnp.mean(f, (1, 2)))
@@ -273,9 +173,9 @@ class SADAttention(nn.Module):
 
     loss = 0.0
     for i, f_t in enumerate(teacher_feats):
-      v_t = l2_normalize(jnp.mean(jnp.square(f_t), -1).reshape(b, -1))              # [B, HW]
+      v_t = losses.l2_normalize(jnp.mean(jnp.square(f_t), -1).reshape(b, -1))              # [B, HW]
       v_s = jnp.stack([
-          l2_normalize(adaptive_avg_pool(jnp.mean(jnp.square(f_s), -1, keepdims=True),
+          losses.l2_normalize(losses.adaptive_avg_pool(jnp.mean(jnp.square(f_s), -1, keepdims=True),
                                          f_t.shape[1:3]).reshape(b, -1))
           for f_s in student_feats], axis=1)                                        # [B, S, HW]
       diff = jnp.mean(jnp.square(v_s - v_t[:, None]), axis=-1)                      # [B, S]
@@ -340,13 +240,13 @@ class FitNet(Distiller):
            labels, *, epoch):
     t = teacher_feats[self.stage]
     regressed = self._regressor(t).apply({'params': module_params}, student_feats[self.stage])
-    hint = hint_loss(regressed, t)
+    hint = losses.hint_loss(regressed, t)
     return self.weight * hint, {'hint': hint}
 
 
 @dataclasses.dataclass(frozen=True)
 class AT(Distiller):
-  """β · Σ_stages attention_transfer_loss(student stage i, teacher stage i)."""
+  """β · Σ_stages losses.attention_transfer_loss(student stage i, teacher stage i)."""
   beta: float
   p: float
   needs_features = True
@@ -356,7 +256,7 @@ class AT(Distiller):
     s, t = stages(student_feats), stages(teacher_feats)
     if len(s) != len(t):
       raise ValueError(f'AT pairs stages one to one: student has {len(s)}, teacher {len(t)}.')
-    at = sum(attention_transfer_loss(f_s, f_t, p=self.p) for f_s, f_t in zip(s, t))
+    at = sum(losses.attention_transfer_loss(f_s, f_t, p=self.p) for f_s, f_t in zip(s, t))
     return self.beta * at, {'at': at}
 
 
@@ -370,7 +270,7 @@ class DKD(Distiller):
 
   def loss(self, module_params, student_logits, student_feats, teacher_logits, teacher_feats,
            labels, *, epoch):
-    tckd, nckd = dkd_parts(student_logits, teacher_logits, labels, temperature=self.temperature)
+    tckd, nckd = losses.dkd_parts(student_logits, teacher_logits, labels, temperature=self.temperature)
     warmup = (jnp.minimum(jnp.asarray(epoch, jnp.float32) / self.warmup_epochs, 1.0)
               if self.warmup_epochs > 0 else jnp.float32(1.0))
     loss = warmup * (self.alpha * tckd + self.beta * nckd)

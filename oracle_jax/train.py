@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import optax
 
-from oracle_jax import checkpoints, data, distill, models, parallel, validation
+from oracle_jax import checkpoints, data, distill, distillers, models, parallel, validation
 from oracle_jax import metrics_io
 
 
@@ -65,15 +65,24 @@ class Run:
     self.tx = distill.make_optimizer(config, self.lr_fn)
     kwargs = model_kwargs(config.student, config.dtype)
     self.student = models.create(config.student.model, self.spec.num_classes, **kwargs)
-    self.teacher = None
+    self.teacher = self.distiller = None
     if config.method != 'scratch':
       self.teacher = models.create(config.teacher.model, self.spec.num_classes,
                                    **model_kwargs(config.teacher, config.dtype))
+      self.distiller = distillers.get(config)
 
   def init_state(self, seed):
-    shape = (1, *self.spec.image_shape)
-    variables = jax.jit(self.student.init)(jax.random.key(seed), np.zeros(shape, np.float32))
-    return distill.TrainState.create(variables, self.tx)
+    x = np.zeros((1, *self.spec.image_shape), np.float32)
+    student_key, distiller_key = jax.random.split(jax.random.key(seed))
+    variables = jax.jit(self.student.init)(student_key, x)
+    distiller_params = {}
+    if self.distiller is not None and self.distiller.needs_features:
+      feats = lambda model, v: jax.eval_shape(
+          lambda v: model.apply(v, x, return_features=True)[1], v)
+      teacher_shapes = jax.eval_shape(self.teacher.init, jax.random.key(0), x)
+      distiller_params = self.distiller.init_modules(
+          distiller_key, feats(self.student, variables), feats(self.teacher, teacher_shapes))
+    return distill.TrainState.create(variables, self.tx, distiller_params)
 
   def jitted(self, state):
     """(train_step, eval_step), compiled on first use and kept for this Run."""
@@ -81,7 +90,8 @@ class Run:
       sharding = jax.tree.map(lambda _: parallel.replicated(self.mesh), state)
       train = distill.jit_train_step(
           self.mesh, sharding, config=self.config, student=self.student, teacher=self.teacher,
-          spec=self.spec, learning_rate_fn=self.lr_fn)
+          spec=self.spec, learning_rate_fn=self.lr_fn, distiller=self.distiller,
+          steps_per_epoch=self.steps_per_epoch)
       evaluate = distill.jit_eval_step(self.mesh, model=self.student, spec=self.spec)
       self._steps = (train, evaluate)  # pylint: disable=attribute-defined-outside-init
     return self._steps

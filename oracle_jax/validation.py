@@ -8,7 +8,7 @@ import jax
 
 from oracle_jax import models
 
-METHODS = ('scratch', 'kd')
+METHODS = ('scratch', 'kd', 'fitnet', 'at', 'dkd', 'sad')
 DTYPES = ('float32', 'bfloat16')
 # Keys that may change between a run and its resumption without changing its results.
 RESUMABLE_CHANGES = frozenset({'overwrite', 'log_every_steps', 'eval_batch_size', 'data_dir',

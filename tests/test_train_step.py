@@ -8,7 +8,7 @@ import pytest
 from conftest import state_dict_from
 
 from configs import common
-from oracle_jax import data, distill, models, torch_import
+from oracle_jax import data, distill, distillers, models, torch_import
 
 
 def official_config():
@@ -29,7 +29,8 @@ def two_steps(reference):
   lr_fn = lambda step: config.optimizer.learning_rate
   state = distill.TrainState.create(s_vars, distill.make_optimizer(config, lr_fn))
   step = jax.jit(functools.partial(distill.train_step, config=config, student=student,
-                                   teacher=teacher, spec=spec, learning_rate_fn=lr_fn))
+                                   teacher=teacher, spec=spec, learning_rate_fn=lr_fn,
+                                   distiller=distillers.get(config)))
   images, y = z['images_uint8'], z['y']
   batch2 = {'image': images[:, :, ::-1], 'label': np.roll(y, 1)}
   np.testing.assert_array_equal(data.normalize(batch2['image'], spec), z['sgd2/x2_nhwc'])
