@@ -1,0 +1,90 @@
+r"""The paper's Section 4.1 analyses of a teacher, as a report: tables, figures, γ choice.
+
+    python launch/analyze.py --config=configs/<file>.py --teacher=<orbax dir | .pth> \
+        [--gammas=0,0.1,0.2,0.5,1,2,5] [--split=test] [--out=DIR] [--select_gamma]
+
+Writes report.md, report.json and PNG figures into --out (default: `analysis/` beside
+the teacher). With --select_gamma it also prints the silhouette-best γ as a config
+override line for launch/main.py and writes it to gamma_override.txt.
+"""
+import os
+import sys
+
+# Runnable from a checkout without installing the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.')
+_TEACHER = flags.DEFINE_string(
+    'teacher', None, 'Orbax model checkpoint dir, run workdir or .pth file; overrides '
+    'teacher.checkpoint of the config.')
+_GAMMAS = flags.DEFINE_list('gammas', '0,0.1,0.2,0.5,1,2,5',
+                            'Comma-separated γ values of the sweep.')
+_SPLIT = flags.DEFINE_string('split', None, "Split to analyse ('test', 'train', …); "
+                             "default: the dataset's eval split.")
+_OUT = flags.DEFINE_string('out', None, 'Output directory; default: analysis/ beside '
+                           'the teacher.')
+_NUM_BINS = flags.DEFINE_integer('num_bins', 15, 'Equal-width confidence bins of ECE.')
+_TEMPERATURE = flags.DEFINE_float('temperature', None, 'τ of the entropy, silhouette and '
+                                  't-SNE outputs softmax(logits/τ); default: the config\'s.')
+_TSNE_EXAMPLES = flags.DEFINE_integer('tsne_examples', 1000, 'Examples in each t-SNE.')
+_SILHOUETTE_EXAMPLES = flags.DEFINE_integer('silhouette_examples', 2000,
+                                            'Examples in each silhouette score.')
+_SELECT_GAMMA = flags.DEFINE_bool('select_gamma', False, 'Print and write the '
+                                  'silhouette-best γ as a --config.oracle.gamma override.')
+_MAX_EXAMPLES = flags.DEFINE_integer('max_examples', 0, '> 0: analyse only the first '
+                                     'this many examples of the split.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'Multi-process: HOST:PORT of process 0.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
+                                      'Multi-process: number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: this process index.')
+
+
+def default_out_dir(teacher):
+  """analysis/ beside the teacher: next to a .pth, in a run's workdir (never inside an
+  orbax checkpoint directory)."""
+  teacher = os.path.abspath(teacher)
+  if os.path.isfile(teacher) or not os.path.isdir(os.path.join(teacher, 'teacher')):
+    return os.path.join(os.path.dirname(teacher), 'analysis')
+  return os.path.join(teacher, 'analysis')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # Imported here so that --help is instant and flags parse before JAX starts.
+  import jax  # pylint: disable=g-import-not-at-top
+  from oracle_jax import analysis, parallel, user_errors  # pylint: disable=g-import-not-at-top
+  parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError('--config is required, e.g. --config=configs/default.py.')
+  teacher = _TEACHER.value or config.teacher.checkpoint
+  if not teacher:
+    raise app.UsageError('Give --teacher (or set teacher.checkpoint in the config).')
+  out_dir = _OUT.value or default_out_dir(teacher)
+  try:
+    report = analysis.run(
+        config, teacher=teacher, out_dir=out_dir, gammas=_GAMMAS.value, split=_SPLIT.value,
+        num_bins=_NUM_BINS.value, temperature=_TEMPERATURE.value,
+        tsne_examples=_TSNE_EXAMPLES.value, silhouette_examples=_SILHOUETTE_EXAMPLES.value,
+        max_examples=_MAX_EXAMPLES.value)
+  except user_errors.USER_ERRORS as e:
+    sys.exit(f'error: {e}')
+  if jax.process_index() == 0:  # Every process computes the report; one writes it.
+    print(f'Wrote the report to {out_dir}')
+    if _SELECT_GAMMA.value:
+      line = analysis.override_line(report['selected'])
+      with open(os.path.join(out_dir, 'gamma_override.txt'), 'w') as f:
+        f.write(line + '\n')
+      print(line)
+
+
+if __name__ == '__main__':
+  logging.set_verbosity(logging.WARNING)  # orbax is very chatty at INFO
+  app.run(main)
