@@ -12,7 +12,7 @@ import os
 import jax
 import numpy as np
 
-from oracle_jax import analysis, checkpoints, data, parallel, train
+from oracle_jax import analysis, parallel, train
 
 METHODS = (('scratch', 'scratch', False), ('kd', 'kd', False), ('oracle_kd', 'kd', True))
 
@@ -32,14 +32,15 @@ def student_config(config, method, oracle, seed, teacher_dir):
   return c
 
 
-def teacher_statistics(config, teacher_dir):
-  """Teacher top-1 and entropy (bits, softmax(logits/τ)) on x and x* over the test split."""
-  spec = data.dataset_spec(config.dataset)
-  variables = checkpoints.load_teacher(teacher_dir, config.teacher.model, spec.num_classes,
-                                       spec.image_shape[-1])
-  stats = analysis.evaluate_gammas(
-      config, variables, gammas=(0.0, config.oracle.gamma), temperature=config.temperature)
-  return {'x': stats[0], 'x_star': stats[1]}
+def teacher_statistics(config, teacher_dir, out_dir):
+  """The paper's analyses of the teacher (report in `out_dir`); returns its statistics on
+  x and on x* at the configured γ (top-1 %, ECE, entropy bits of softmax(logits/τ))."""
+  gammas = sorted({0.2, 1.0, 5.0, 25.0, float(config.oracle.gamma)})
+  out = analysis.run(config, teacher=teacher_dir, out_dir=out_dir, gammas=gammas)
+  at_gamma = next(r for r in out['results'] if r['gamma'] == config.oracle.gamma)
+  numbers = lambda r: {k: v for k, v in r.items() if k != 'reliability'}
+  return {'x': numbers(out['scratch']), 'x_star': numbers(at_gamma),
+          'selected_gamma': out['selected']}
 
 
 def summarize(finals):
@@ -65,10 +66,11 @@ def format_table(rows, teacher, config):
     diff = '—' if name == 'kd' else f'{r["diff_vs_kd_mean"]:+.2f} ± {r["diff_vs_kd_std"]:.2f}'
     lines.append(f'| {name} | {r["mean"]:.2f} ± {r["std"]:.2f} | {diff} |')
   x, xs = teacher['x'], teacher['x_star']
-  lines += ['', f'Teacher {config.teacher.model}: top-1 {100 * x["top1"]:.2f} % on x, '
-            f'{100 * xs["top1"]:.2f} % on x* (γ = {config.oracle.gamma}); entropy of '
-            f'softmax(logits/{config.temperature:g}) {x["entropy_bits"]:.4f} → '
-            f'{xs["entropy_bits"]:.4f} bits.']
+  lines += ['', f'Teacher {config.teacher.model} on the test split: top-1 {x["top1"]:.2f} % on '
+            f'x, {xs["top1"]:.2f} % on x* (γ = {config.oracle.gamma:g}); ECE {x["ece"]:.4f} → '
+            f'{xs["ece"]:.4f}; entropy of softmax(logits/{config.temperature:g}) '
+            f'{x["entropy_bits"]:.4f} → {xs["entropy_bits"]:.4f} bits. Full report: '
+            'analysis/report.md.']
   return '\n'.join(lines)
 
 
@@ -88,7 +90,7 @@ def run(config, workdir):
       finals[name].append(r['final_top1'])
       results.setdefault(name, []).append(r)
   rows = summarize(finals)
-  teacher = teacher_statistics(config, teacher_dir)
+  teacher = teacher_statistics(config, teacher_dir, os.path.join(workdir, 'analysis'))
   table = format_table(rows, teacher, config)
   if jax.process_index() == 0:
     print(table)
