@@ -1,0 +1,78 @@
+"""Grids of runs (methods × oracle × seeds) and their tables.
+
+Single-run, best-epoch numbers are not reproducible; the tables report the last-epoch and
+the best-epoch top-1 as mean ± std over seeds, and each method's paired difference from a
+baseline (same seed: same init, batches and augmentation).
+"""
+import copy
+import csv
+import io
+import os
+
+import numpy as np
+
+from oracle_jax import parallel, train
+
+
+def variant(name):
+  """'kd' → ('kd', False); 'oracle_kd' → ('kd', True); 'scratch' → ('scratch', False)."""
+  oracle = name.startswith('oracle_')
+  return name[len('oracle_'):] if oracle else name, oracle
+
+
+def run_grid(config, workdir, names, seeds):
+  """Trains every (name, seed) in `workdir/<name>_seed<seed>` (each resumable); returns
+  `{name: [results per seed]}`. Seeds of one variant share one compilation."""
+  mesh, out = parallel.make_mesh(), {}
+  for name in names:
+    method, oracle = variant(name)
+    compiled = None
+    for seed in seeds:
+      c = copy.deepcopy(config)
+      c.method, c.oracle.enabled, c.seed = method, oracle, seed
+      compiled = compiled or train.Run(c, mesh)
+      out.setdefault(name, []).append(
+          train.train_and_evaluate(c, os.path.join(workdir, f'{name}_seed{seed}'), run=compiled))
+  return out
+
+
+def _mean_std(values):
+  values = np.asarray(values, np.float64) * 100
+  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarize(results, baseline):
+  """Per name: final/best top-1 (%) mean and std over seeds, and the paired difference of
+  the final top-1 from `baseline` (None if the baseline is absent)."""
+  rows = {}
+  for name, runs in results.items():
+    final, best = [r['final_top1'] for r in runs], [r['best_top1'] for r in runs]
+    row = dict(final_mean=_mean_std(final)[0], final_std=_mean_std(final)[1],
+               best_mean=_mean_std(best)[0], best_std=_mean_std(best)[1],
+               seeds=len(runs), final_runs=[100 * v for v in final])
+    if baseline in results and name != baseline:
+      diff = np.subtract(final, [r['final_top1'] for r in results[baseline]])
+      row['diff_mean'], row['diff_std'] = _mean_std(diff)
+    rows[name] = row
+  return rows
+
+
+def markdown(rows, baseline):
+  lines = [f'| method | final top-1 (%) | best top-1 (%) | paired diff. of final vs {baseline} |',
+           '|---|---|---|---|']
+  for name, r in rows.items():
+    diff = (f'{r["diff_mean"]:+.2f} ± {r["diff_std"]:.2f}' if 'diff_mean' in r else '—')
+    lines.append(f'| {name} | {r["final_mean"]:.2f} ± {r["final_std"]:.2f} | '
+                 f'{r["best_mean"]:.2f} ± {r["best_std"]:.2f} | {diff} |')
+  return '\n'.join(lines)
+
+
+def to_csv(rows):
+  keys = ['method', 'seeds', 'final_mean', 'final_std', 'best_mean', 'best_std', 'diff_mean',
+          'diff_std']
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, keys, extrasaction='ignore')
+  writer.writeheader()
+  for name, r in rows.items():
+    writer.writerow({'method': name, **r})
+  return buffer.getvalue()
