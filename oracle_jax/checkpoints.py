@@ -119,7 +119,11 @@ class TrainCheckpoints:
   """
 
   def __init__(self, directory, keep: int = 2):
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    # Synchronous saves: a failed save (e.g. disk full) surfaces at its own step, and no
+    # two orbax saves are ever in flight (concurrent async saves collided in testing).
+    # The state of these models writes in well under a second.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=False)
     self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
   def latest_step(self):
@@ -156,9 +160,6 @@ class TrainCheckpoints:
                          f'{self._manager.directory}; refusing to start from scratch. Move '
                          'the directory away to start over.')
     return state, {}
-
-  def wait(self):
-    self._manager.wait_until_finished()
 
   def close(self):
     self._manager.wait_until_finished()
