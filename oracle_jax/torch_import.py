@@ -10,7 +10,6 @@ non-zip files need torch (`pip install 'oracle_jax[torch]'`).
     python -m oracle_jax.torch_import IN.pth OUT_DIR --model=resnet56 --num_classes=100
 """
 import argparse
-import collections
 import os
 import pickle
 import zipfile

@@ -36,3 +36,25 @@ def reference(request):
 
 def state_dict_from(z, prefix):
   return {k[len(prefix):]: z[k] for k in z.files if k.startswith(prefix)}
+
+
+@pytest.fixture(scope='session')
+def digits_data_dir(tmp_path_factory):
+  """One TFDS data dir for the session: the digits builder prepares itself there once."""
+  return tmp_path_factory.mktemp('tfds')
+
+
+@pytest.fixture(scope='session')
+def digits_teacher(digits_data_dir, tmp_path_factory):
+  """A resnet8 digits teacher trained for 30 steps: (checkpoint dir, results)."""
+  from helpers import digits_config  # pylint: disable=g-import-not-at-top
+  from oracle_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('teacher')
+  config = digits_config(digits_data_dir, method='scratch', train_steps=30)
+  results = train.train_and_evaluate(config, str(workdir))
+  return str(workdir / 'teacher'), results
+
+
+@pytest.fixture(scope='session')
+def digits_teacher_dir(digits_teacher):
+  return digits_teacher[0]

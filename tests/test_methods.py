@@ -1,15 +1,14 @@
 """Every method × oracle trains; feature distillers get the teacher's features on x*."""
-import copy
 import functools
 
 import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from test_train import digits_config
+from helpers import digits_config
 
 from configs import common
-from oracle_jax import data, distill, distillers, models, oracle, parallel, train
+from oracle_jax import data, distill, models, oracle, parallel, train
 
 METHODS = ('kd', 'fitnet', 'at', 'dkd', 'sad')
 
@@ -46,8 +45,8 @@ def _steps(config, mesh, batches, teacher_variables):
 
 
 @pytest.fixture(scope='module')
-def digits(tmp_path_factory):
-  data_dir = tmp_path_factory.mktemp('tfds')
+def digits(digits_data_dir):
+  data_dir = digits_data_dir
   spec = data.dataset_spec('digits')
   it = data.train_iterator(spec, data_dir=str(data_dir), global_batch_size=16, seed=0)
   batches = [next(it) for _ in range(2)]

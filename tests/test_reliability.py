@@ -11,27 +11,15 @@ import jax
 import numpy as np
 import pytest
 from conftest import REFERENCE_DIR
-from test_train import REPO, _main_command, digits_config, final_params
+from helpers import REPO, digits_config, final_params, main_command
 
 from oracle_jax import checkpoints, data, metrics_io, train, validation
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('tfds')
-
-
-@pytest.fixture(scope='module')
-def teacher_dir(data_dir, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('teacher')
-  train.train_and_evaluate(digits_config(data_dir, method='scratch', train_steps=4), str(workdir))
-  return str(workdir / 'teacher')
-
-
-def test_sigterm_saves_then_resume_is_exact(data_dir, tmp_path):
+def test_sigterm_saves_then_resume_is_exact(digits_data_dir, tmp_path):
   overrides = ['--config.train_steps=30', '--config.checkpoint_every_steps=1000']
   workdir = tmp_path / 'preempted'
-  proc = subprocess.Popen(_main_command(workdir, data_dir, *overrides),
+  proc = subprocess.Popen(main_command(workdir, digits_data_dir, *overrides),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   metrics = workdir / 'metrics.jsonl'
   deadline = time.time() + 240
@@ -44,15 +32,15 @@ def test_sigterm_saves_then_resume_is_exact(data_dir, tmp_path):
   assert proc.returncode == 143, err.decode()[-2000:]
   saved = [int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()]
   assert len(saved) == 1 and 4 <= saved[0] < 30  # saved at the signal, not periodically
-  subprocess.run(_main_command(workdir, data_dir, *overrides), check=True, capture_output=True)
-  config = digits_config(data_dir, method='scratch', train_steps=30, checkpoint_every_steps=1000)
+  subprocess.run(main_command(workdir, digits_data_dir, *overrides), check=True, capture_output=True)
+  config = digits_config(digits_data_dir, method='scratch', train_steps=30, checkpoint_every_steps=1000)
   train.train_and_evaluate(config, str(tmp_path / 'straight'))
   jax.tree.map(np.testing.assert_array_equal, final_params(config, str(workdir)),
                final_params(config, str(tmp_path / 'straight')))
 
 
-def test_corrupt_newest_checkpoint_falls_back(data_dir, tmp_path, caplog):
-  config = digits_config(data_dir, method='scratch', train_steps=6)
+def test_corrupt_newest_checkpoint_falls_back(digits_data_dir, tmp_path, caplog):
+  config = digits_config(digits_data_dir, method='scratch', train_steps=6)
   train.train_and_evaluate(config, str(tmp_path))
   ckpt = tmp_path / 'checkpoints'
   assert sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) == [4, 6]
@@ -67,8 +55,8 @@ def test_corrupt_newest_checkpoint_falls_back(data_dir, tmp_path, caplog):
   assert (ckpt / '6').exists()  # nothing deleted
 
 
-def test_unreadable_checkpoints_never_restart_silently(data_dir, tmp_path):
-  config = digits_config(data_dir, method='scratch', train_steps=2)
+def test_unreadable_checkpoints_never_restart_silently(digits_data_dir, tmp_path):
+  config = digits_config(digits_data_dir, method='scratch', train_steps=2)
   train.train_and_evaluate(config, str(tmp_path))
   for f in (tmp_path / 'checkpoints').rglob('*'):
     if f.is_file() and 'state' in f.parts:
@@ -79,8 +67,8 @@ def test_unreadable_checkpoints_never_restart_silently(data_dir, tmp_path):
 
 @pytest.mark.parametrize('override', [{'optimizer.learning_rate': 1e6},
                                       {'ce_weight': 1e38, 'method': 'kd'}])
-def test_non_finite_loss_stops_and_keeps_last_good(data_dir, teacher_dir, tmp_path, override):
-  config = digits_config(data_dir, train_steps=40, **{'teacher.checkpoint': teacher_dir,
+def test_non_finite_loss_stops_and_keeps_last_good(digits_data_dir, digits_teacher_dir, tmp_path, override):
+  config = digits_config(digits_data_dir, train_steps=40, **{'teacher.checkpoint': digits_teacher_dir,
                                                       'teacher.model': 'resnet8',
                                                       'method': 'scratch', **override})
   with pytest.raises(metrics_io.NonFiniteLossError,
@@ -92,8 +80,8 @@ def test_non_finite_loss_stops_and_keeps_last_good(data_dir, teacher_dir, tmp_pa
     assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(params))
 
 
-def test_disk_full_while_saving_keeps_previous(data_dir, tmp_path, monkeypatch):
-  config = digits_config(data_dir, method='scratch', train_steps=6)
+def test_disk_full_while_saving_keeps_previous(digits_data_dir, tmp_path, monkeypatch):
+  config = digits_config(digits_data_dir, method='scratch', train_steps=6)
   original = checkpoints.ocp.CheckpointManager.save
 
   def save(self, step, *args, **kwargs):
@@ -115,13 +103,13 @@ def test_disk_full_while_saving_keeps_previous(data_dir, tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- bad input
 
-def _bad_cases(data_dir, teacher_dir, tmp_path):
+def _bad_cases(digits_data_dir, digits_teacher_dir, tmp_path):
   pth = str(REFERENCE_DIR / 'torch' / 'cifar100_resnet20_state_dict.pth')
   not_pth = tmp_path / 'notes.pth'
   not_pth.write_text('not a checkpoint')
   a_file = tmp_path / 'a_file'
   a_file.write_text('x')
-  kd = {'method': 'kd', 'teacher.checkpoint': teacher_dir, 'teacher.model': 'resnet8'}
+  kd = {'method': 'kd', 'teacher.checkpoint': digits_teacher_dir, 'teacher.model': 'resnet8'}
   return [
       ({'oracle.gamma': -0.5}, r'oracle.gamma must be >= 0 and finite, got -0.5'),
       ({'temperature': 0.0}, r'temperature must be > 0, got 0.0'),
@@ -150,21 +138,21 @@ def _bad_cases(data_dir, teacher_dir, tmp_path):
   ], a_file
 
 
-def test_bad_inputs_give_clear_errors_and_write_nothing(data_dir, teacher_dir, tmp_path):
-  cases, a_file = _bad_cases(data_dir, teacher_dir, tmp_path)
+def test_bad_inputs_give_clear_errors_and_write_nothing(digits_data_dir, digits_teacher_dir, tmp_path):
+  cases, a_file = _bad_cases(digits_data_dir, digits_teacher_dir, tmp_path)
   for i, (overrides, message) in enumerate(cases):
     workdir = tmp_path / f'run{i}'
-    config = digits_config(data_dir, **{'method': 'scratch', **overrides})
+    config = digits_config(digits_data_dir, **{'method': 'scratch', **overrides})
     with pytest.raises((ValueError, FileNotFoundError), match=message):
       train.train_and_evaluate(config, str(workdir))
     assert not workdir.exists(), overrides
   with pytest.raises(validation.ConfigError, match=r'is not writable .*pass a --workdir'):
-    train.train_and_evaluate(digits_config(data_dir, method='scratch'), str(a_file / 'run'))
+    train.train_and_evaluate(digits_config(digits_data_dir, method='scratch'), str(a_file / 'run'))
 
 
-def test_workdir_of_another_config_is_refused(data_dir, tmp_path):
-  train.train_and_evaluate(digits_config(data_dir, method='scratch', train_steps=2), str(tmp_path))
-  other = digits_config(data_dir, method='scratch', train_steps=2, seed=3)
+def test_workdir_of_another_config_is_refused(digits_data_dir, tmp_path):
+  train.train_and_evaluate(digits_config(digits_data_dir, method='scratch', train_steps=2), str(tmp_path))
+  other = digits_config(digits_data_dir, method='scratch', train_steps=2, seed=3)
   with pytest.raises(validation.ConfigError, match=r'holds a run of a different config '
                                                    r'\(differs in: seed\).*overwrite=True'):
     train.train_and_evaluate(other, str(tmp_path))
@@ -193,14 +181,14 @@ def test_wrong_images_and_labels_for_the_model():
     validation.check_batch({**good, 'label': np.array([0, 1, 12, 3], np.int32)}, spec)
 
 
-def test_command_line_errors_and_dry_run(data_dir, teacher_dir, tmp_path):
+def test_command_line_errors_and_dry_run(digits_data_dir, digits_teacher_dir, tmp_path):
   main = [sys.executable, os.path.join(REPO, 'launch', 'main.py')]
   wrong_type = subprocess.run(main + [f'--workdir={tmp_path}/a', '--config.batch_size=abc'],
                               capture_output=True, text=True)
   assert wrong_type.returncode != 0 and 'batch_size' in wrong_type.stderr
   dry = subprocess.run(main + [f'--workdir={tmp_path}/b', '--dry_run', '--config.demo=False',
-                               f'--config.data_dir={data_dir}', '--config.method=kd',
-                               f'--config.teacher.checkpoint={teacher_dir}',
+                               f'--config.data_dir={digits_data_dir}', '--config.method=kd',
+                               f'--config.teacher.checkpoint={digits_teacher_dir}',
                                '--config.teacher.model=resnet8'],
                        capture_output=True, text=True, timeout=300)
   assert dry.returncode == 0, dry.stderr[-2000:]
@@ -208,7 +196,7 @@ def test_command_line_errors_and_dry_run(data_dir, teacher_dir, tmp_path):
   assert '"teacher_params": 77754' in dry.stdout or '"teacher_params"' in dry.stdout
   assert not (tmp_path / 'b').exists()
   bad = subprocess.run(main + [f'--workdir={tmp_path}/c', '--dry_run', '--config.demo=False',
-                               f'--config.data_dir={data_dir}', '--config.oracle.gamma=-1'],
+                               f'--config.data_dir={digits_data_dir}', '--config.oracle.gamma=-1'],
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode == 1 and 'error: oracle.gamma must be >= 0' in bad.stderr
   assert 'Traceback' not in bad.stderr

@@ -11,21 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_train import REPO, digits_config, final_params
+from helpers import REPO, digits_config, final_params
 
-from oracle_jax import checkpoints, models, oracle, parallel, train
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('tfds')
-
-
-@pytest.fixture(scope='module')
-def teacher_dir(data_dir, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('teacher')
-  train.train_and_evaluate(digits_config(data_dir, method='scratch', train_steps=10), str(workdir))
-  return str(workdir / 'teacher')
+from oracle_jax import models, oracle, parallel, train
 
 
 def _free_port():
@@ -34,10 +22,10 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_process(data_dir, teacher_dir, tmp_path):
+def test_two_processes_equal_one_process(digits_data_dir, digits_teacher_dir, tmp_path):
   flags = ['--config.demo=False', '--config.method=kd', '--config.student.model=resnet8',
-           '--config.teacher.model=resnet8', f'--config.teacher.checkpoint={teacher_dir}',
-           f'--config.data_dir={data_dir}', '--config.batch_size=16', '--config.eval_batch_size=64',
+           '--config.teacher.model=resnet8', f'--config.teacher.checkpoint={digits_teacher_dir}',
+           f'--config.data_dir={digits_data_dir}', '--config.batch_size=16', '--config.eval_batch_size=64',
            '--config.train_steps=6', '--config.log_every_steps=2',
            '--config.checkpoint_every_steps=3']
   port = _free_port()
@@ -50,8 +38,8 @@ def test_two_processes_equal_one_process(data_dir, teacher_dir, tmp_path):
   outs = [p.communicate(timeout=400) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
-  config = digits_config(data_dir, method='kd', train_steps=6, checkpoint_every_steps=3,
-                         **{'teacher.model': 'resnet8', 'teacher.checkpoint': teacher_dir})
+  config = digits_config(digits_data_dir, method='kd', train_steps=6, checkpoint_every_steps=3,
+                         **{'teacher.model': 'resnet8', 'teacher.checkpoint': digits_teacher_dir})
   single = train.train_and_evaluate(config, str(tmp_path / 'sp'))
   import json
   multi = json.loads((tmp_path / 'mp' / 'results.json').read_text())
@@ -63,8 +51,8 @@ def test_two_processes_equal_one_process(data_dir, teacher_dir, tmp_path):
 
 
 @pytest.mark.parametrize('first,second', [(8, 1), (1, 8)])
-def test_checkpoint_moves_between_device_counts(data_dir, tmp_path, first, second):
-  config = digits_config(data_dir, method='scratch', train_steps=8, checkpoint_every_steps=4)
+def test_checkpoint_moves_between_device_counts(digits_data_dir, tmp_path, first, second):
+  config = digits_config(digits_data_dir, method='scratch', train_steps=8, checkpoint_every_steps=4)
   mesh = lambda n: parallel.make_mesh(jax.devices()[:n])
   train.train_and_evaluate(config, str(tmp_path / 'straight'), mesh=mesh(first))
   shutil.copytree(tmp_path / 'straight', tmp_path / 'moved')
@@ -75,15 +63,15 @@ def test_checkpoint_moves_between_device_counts(data_dir, tmp_path, first, secon
                final_params(config, str(tmp_path / 'straight')))
 
 
-def test_bfloat16_run_is_close_to_float32(data_dir, teacher_dir, tmp_path):
+def test_bfloat16_run_is_close_to_float32(digits_data_dir, digits_teacher_dir, tmp_path):
   kwargs = dict(method='kd', train_steps=4, **{'teacher.model': 'resnet8',
-                                               'teacher.checkpoint': teacher_dir})
-  f32 = train.train_and_evaluate(digits_config(data_dir, **kwargs), str(tmp_path / 'f32'))
-  bf16 = train.train_and_evaluate(digits_config(data_dir, dtype='bfloat16', **kwargs),
+                                               'teacher.checkpoint': digits_teacher_dir})
+  f32 = train.train_and_evaluate(digits_config(digits_data_dir, **kwargs), str(tmp_path / 'f32'))
+  bf16 = train.train_and_evaluate(digits_config(digits_data_dir, dtype='bfloat16', **kwargs),
                                   str(tmp_path / 'bf16'))
   assert np.isfinite(bf16['final_train_loss'])
   assert bf16['final_train_loss'] == pytest.approx(f32['final_train_loss'], rel=0.05)
-  params = final_params(digits_config(data_dir, dtype='bfloat16', **kwargs), str(tmp_path / 'bf16'))
+  params = final_params(digits_config(digits_data_dir, dtype='bfloat16', **kwargs), str(tmp_path / 'bf16'))
   assert all(a.dtype == np.float32 for a in jax.tree.leaves(params))  # float32 master params
 
 
@@ -94,8 +82,6 @@ def test_bfloat16_teacher_gives_float32_oracle_update():
   logits_fn = functools.partial(model.apply, variables)
   jaxpr = jax.make_jaxpr(lambda x: oracle.reinforce(logits_fn, x, jnp.arange(8), gamma=1.0))(x)
   assert jaxpr.out_avals[0].dtype == jnp.float32
-  convs = [e for e in jaxpr.jaxpr.eqns if 'conv' in str(e.primitive)]
-  del convs  # the convolutions themselves live inside pjit sub-jaxprs
   text = str(jaxpr)
   assert 'bf16[8,8,8,16]' in text  # teacher activations are bf16
   # The update x - γ·g·|x| is computed on float32 arrays of x's shape.

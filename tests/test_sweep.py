@@ -1,7 +1,7 @@
 """Grid runs and their tables (final and best top-1, mean ± std, paired differences)."""
 import numpy as np
 import pytest
-from test_train import digits_config
+from helpers import digits_config
 
 from oracle_jax import sweep
 

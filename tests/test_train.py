@@ -1,5 +1,4 @@
 """End to end: launch/main.py's training system on the digits data and on mock TFDS data."""
-import copy
 import json
 import os
 import signal
@@ -11,57 +10,9 @@ import jax
 import numpy as np
 import pytest
 from conftest import REFERENCE_DIR
+from helpers import REPO, assert_trees_close, digits_config, final_params, main_command
 
-from configs import common
-from configs import default as default_config
 from oracle_jax import checkpoints, parallel, train
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny(config, data_dir, **overrides):
-  c = copy.deepcopy(config)
-  c.data_dir = str(data_dir)
-  c.train_steps, c.batch_size, c.eval_batch_size = 6, 16, 64
-  c.log_every_steps, c.checkpoint_every_steps = 2, 2
-  for key, value in overrides.items():
-    target = c
-    *path, leaf = key.split('.')
-    for p in path:
-      target = target[p]
-    target[leaf] = value
-  return c
-
-
-def digits_config(data_dir, **overrides):
-  c = default_config.get_config()
-  c.demo = False
-  return tiny(c, data_dir, **{'student.model': 'resnet8', **overrides})
-
-
-def final_params(config, workdir, mesh=None):
-  run = train.Run(config, mesh or parallel.make_mesh())
-  state, _ = checkpoints.TrainCheckpoints(os.path.join(workdir, 'checkpoints')).restore_latest(
-      run.init_state(config.seed))
-  return jax.device_get(state.variables())
-
-
-def assert_trees_close(a, b, **tol):
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **tol), a, b)
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('tfds')
-
-
-@pytest.fixture(scope='module')
-def digits_teacher(data_dir, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('teacher')
-  config = digits_config(data_dir, method='scratch', train_steps=30)
-  results = train.train_and_evaluate(config, str(workdir))
-  return str(workdir / 'teacher'), results
-
 
 def test_scratch_run_keeps_a_teacher(digits_teacher):
   teacher_dir, results = digits_teacher
@@ -73,10 +24,10 @@ def test_scratch_run_keeps_a_teacher(digits_teacher):
 
 
 @pytest.mark.parametrize('oracle', [False, True])
-def test_distillation_run(data_dir, digits_teacher, tmp_path, oracle):
+def test_distillation_run(digits_data_dir, digits_teacher, tmp_path, oracle):
   teacher_dir, _ = digits_teacher
   before, _ = checkpoints.load_model(teacher_dir)
-  config = digits_config(data_dir, method='kd', **{'teacher.model': 'resnet8',
+  config = digits_config(digits_data_dir, method='kd', **{'teacher.model': 'resnet8',
                                                    'teacher.checkpoint': teacher_dir,
                                                    'oracle.enabled': oracle})
   results = train.train_and_evaluate(config, str(tmp_path))
@@ -95,9 +46,9 @@ def test_distillation_run(data_dir, digits_teacher, tmp_path, oracle):
   jax.tree.map(np.testing.assert_array_equal, before, after)  # teacher untouched
 
 
-def test_eight_devices_equal_one_device(data_dir, digits_teacher, tmp_path):
+def test_eight_devices_equal_one_device(digits_data_dir, digits_teacher, tmp_path):
   teacher_dir, _ = digits_teacher
-  config = digits_config(data_dir, method='kd', **{'teacher.model': 'resnet8',
+  config = digits_config(digits_data_dir, method='kd', **{'teacher.model': 'resnet8',
                                                    'teacher.checkpoint': teacher_dir})
   one = parallel.make_mesh(jax.devices()[:1])
   eight = parallel.make_mesh(jax.devices())
@@ -108,8 +59,8 @@ def test_eight_devices_equal_one_device(data_dir, digits_teacher, tmp_path):
                      final_params(config, str(tmp_path / 'eight'), eight), rtol=2e-4, atol=2e-5)
 
 
-def test_same_seed_is_bit_identical(data_dir, tmp_path):
-  config = digits_config(data_dir, method='scratch', train_steps=4)
+def test_same_seed_is_bit_identical(digits_data_dir, tmp_path):
+  config = digits_config(digits_data_dir, method='scratch', train_steps=4)
   run = train.Run(config, parallel.make_mesh())  # compiled once; init and data are redone
   train.train_and_evaluate(config, str(tmp_path / 'a'), run=run)
   train.train_and_evaluate(config, str(tmp_path / 'b'), run=run)
@@ -117,18 +68,10 @@ def test_same_seed_is_bit_identical(data_dir, tmp_path):
                final_params(config, str(tmp_path / 'b')))
 
 
-def _main_command(workdir, data_dir, *overrides):
-  return [sys.executable, os.path.join(REPO, 'launch', 'main.py'),
-          '--config=' + os.path.join(REPO, 'configs', 'default.py'), f'--workdir={workdir}',
-          '--config.demo=False', '--config.method=scratch', '--config.student.model=resnet8',
-          f'--config.data_dir={data_dir}', '--config.batch_size=16', '--config.eval_batch_size=64',
-          '--config.checkpoint_every_steps=2', '--config.log_every_steps=2', *overrides]
-
-
-def test_sigkill_and_resume_equals_uninterrupted(data_dir, tmp_path):
+def test_sigkill_and_resume_equals_uninterrupted(digits_data_dir, tmp_path):
   overrides = ['--config.train_steps=24']
   workdir = tmp_path / 'killed'
-  proc = subprocess.Popen(_main_command(workdir, data_dir, *overrides),
+  proc = subprocess.Popen(main_command(workdir, digits_data_dir, *overrides),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpt = workdir / 'checkpoints'
   deadline = time.time() + 240
@@ -142,8 +85,8 @@ def test_sigkill_and_resume_equals_uninterrupted(data_dir, tmp_path):
   proc.wait()
   killed_at = max(int(p.name) for p in ckpt.glob('*') if p.name.isdigit())
   assert 6 <= killed_at < 24
-  subprocess.run(_main_command(workdir, data_dir, *overrides), check=True, capture_output=True)
-  config = digits_config(data_dir, method='scratch', train_steps=24)
+  subprocess.run(main_command(workdir, digits_data_dir, *overrides), check=True, capture_output=True)
+  config = digits_config(digits_data_dir, method='scratch', train_steps=24)
   train.train_and_evaluate(config, str(tmp_path / 'straight'))
   jax.tree.map(np.testing.assert_array_equal, final_params(config, str(workdir)),
                final_params(config, str(tmp_path / 'straight')))
@@ -171,9 +114,9 @@ def test_missing_dataset_is_one_clear_error(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
-def test_teacher_class_count_mismatch(data_dir, tmp_path):
+def test_teacher_class_count_mismatch(digits_data_dir, tmp_path):
   pth = REFERENCE_DIR / 'torch' / 'cifar100_resnet20_state_dict.pth'
-  config = digits_config(data_dir, method='kd', **{'teacher.model': 'resnet20',
+  config = digits_config(digits_data_dir, method='kd', **{'teacher.model': 'resnet20',
                                                    'teacher.checkpoint': str(pth)})
   with pytest.raises(ValueError, match=r'checkpoint has 100 classes .* num_classes=10'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))

@@ -9,7 +9,8 @@ Train mode needs `mutable=['batch_stats']`.
 import functools
 
 from oracle_jax.models.cifar_resnet import CifarResNet
-from oracle_jax.models.imagenet_resnet import BasicBlock, Bottleneck, ImageNetResNet
+from oracle_jax.models.blocks import BasicBlock, Bottleneck
+from oracle_jax.models.imagenet_resnet import ImageNetResNet
 from oracle_jax.models.wrn import WideResNet
 
 _CIFAR_WIDTHS = (16, 16, 32, 64)

@@ -12,25 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from oracle_jax.models import layers
-
-
-class BasicBlock(nn.Module):
-  features: int
-  stride: int
-  train: bool
-  dtype: Any = jnp.float32
-  conv_impl: Optional[Callable] = None
-
-  @nn.compact
-  def __call__(self, x):
-    conv = lambda f, k, s, name: layers.conv(
-        f, k, s, name=name, dtype=self.dtype, conv_general_dilated=self.conv_impl)
-    norm = lambda name: layers.BatchNorm(not self.train, dtype=self.dtype, name=name)
-    y = nn.relu(norm('bn1')(conv(self.features, 3, self.stride, 'conv1')(x)))
-    y = norm('bn2')(conv(self.features, 3, 1, 'conv2')(y))
-    if self.stride != 1 or x.shape[-1] != self.features:
-      x = norm('downsample_bn')(conv(self.features, 1, self.stride, 'downsample_conv')(x))
-    return nn.relu(y + x)
+from oracle_jax.models.blocks import BasicBlock
 
 
 class CifarResNet(nn.Module):

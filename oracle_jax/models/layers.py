@@ -3,7 +3,6 @@
 The reference numbers come from PyTorch, so the layers follow PyTorch's semantics where
 Flax's defaults differ (running variance, initialisers, padding at stride 2).
 """
-import functools
 from typing import Any, Callable
 
 import flax.linen as nn

@@ -11,27 +11,20 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from oracle_jax.models import layers
+from oracle_jax.models.blocks import Block
 
 
-class WideBlock(nn.Module):
-  features: int
-  stride: int
-  train: bool
-  dtype: Any = jnp.float32
-  conv_impl: Optional[Callable] = None
+class WideBlock(Block):
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda f, k, s, name: layers.conv(
-        f, k, s, name=name, dtype=self.dtype, conv_general_dilated=self.conv_impl)
-    norm = lambda name: layers.BatchNorm(not self.train, dtype=self.dtype, name=name)
-    pre = nn.relu(norm('bn1')(x))
-    y = conv(self.features, 3, self.stride, 'conv1')(pre)
-    y = conv(self.features, 3, 1, 'conv2')(nn.relu(norm('bn2')(y)))
+    pre = nn.relu(self.norm('bn1')(x))
+    y = self.conv(self.features, 3, self.stride, 'conv1')(pre)
+    y = self.conv(self.features, 3, 1, 'conv2')(nn.relu(self.norm('bn2')(y)))
     if x.shape[-1] == self.features:
       return x + y
     # RepDistiller: the shortcut reads the *pre-activated* input when widths differ.
-    return conv(self.features, 1, self.stride, 'shortcut')(pre) + y
+    return self.conv(self.features, 1, self.stride, 'shortcut')(pre) + y
 
 
 class WideResNet(nn.Module):

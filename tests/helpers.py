@@ -1,0 +1,51 @@
+"""Shared helpers of the end-to-end tests: tiny configs on the digits, final parameters."""
+import copy
+import os
+import sys
+
+import jax
+import numpy as np
+
+from configs import default as default_config
+from oracle_jax import checkpoints, parallel, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny(config, data_dir, **overrides):
+  c = copy.deepcopy(config)
+  c.data_dir = str(data_dir)
+  c.train_steps, c.batch_size, c.eval_batch_size = 6, 16, 64
+  c.log_every_steps, c.checkpoint_every_steps = 2, 2
+  for key, value in overrides.items():
+    target = c
+    *path, leaf = key.split('.')
+    for p in path:
+      target = target[p]
+    target[leaf] = value
+  return c
+
+
+def digits_config(data_dir, **overrides):
+  c = default_config.get_config()
+  c.demo = False
+  return tiny(c, data_dir, **{'student.model': 'resnet8', **overrides})
+
+
+def final_params(config, workdir, mesh=None):
+  run = train.Run(config, mesh or parallel.make_mesh())
+  state, _ = checkpoints.TrainCheckpoints(os.path.join(workdir, 'checkpoints')).restore_latest(
+      run.init_state(config.seed))
+  return jax.device_get(state.variables())
+
+
+def assert_trees_close(a, b, **tol):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **tol), a, b)
+
+
+def main_command(workdir, data_dir, *overrides):
+  return [sys.executable, os.path.join(REPO, 'launch', 'main.py'),
+          '--config=' + os.path.join(REPO, 'configs', 'default.py'), f'--workdir={workdir}',
+          '--config.demo=False', '--config.method=scratch', '--config.student.model=resnet8',
+          f'--config.data_dir={data_dir}', '--config.batch_size=16', '--config.eval_batch_size=64',
+          '--config.checkpoint_every_steps=2', '--config.log_every_steps=2', *overrides]
