@@ -54,6 +54,7 @@ def base_config():
   c.schedule.warmup_epochs = 0.0
 
   c.batch_size = 64                     # global, over all devices and processes
+  c.grad_accum_steps = 1                # > 1: mean gradient of this many micro-batches
   c.num_epochs = 240.0
   c.train_steps = 0                     # > 0 overrides num_epochs
   c.eval_every_epochs = 1.0

@@ -76,11 +76,9 @@ def accuracy(logits, labels):
   return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def train_step(state, teacher_variables, batch, rng, *, config, student, teacher, spec,
-               learning_rate_fn, distiller=None, steps_per_epoch=1.0):
-  """One optimizer step. `distiller` (from `oracle_jax.distillers.get`) is None for
-  supervised training (`method='scratch'`)."""
-  del rng  # The bundled models are deterministic; kept for models with dropout.
+def gradients(trainable, batch_stats, teacher_variables, batch, epoch, *, config, student,
+              teacher, spec, distiller):
+  """Loss gradients of one (micro-)batch: `(grads, new batch_stats, metrics)`."""
   # x stays float32: the models cast to config.dtype inside, so the oracle update x* is
   # formed in float32 while the teacher's forward and input gradient run in bf16.
   x = data.normalize(batch['image'], spec)
@@ -90,32 +88,64 @@ def train_step(state, teacher_variables, batch, rng, *, config, student, teacher
   if distiller is not None:
     t_logits, t_feats, metrics = teacher_signal(config, teacher, teacher_variables, x, labels,
                                                 features)
-  # Epochs counted from 1, as mdistiller's DKD warm-up expects.
-  epoch = jnp.floor(state.step / steps_per_epoch) + 1
 
   def loss_fn(trainable):
-    out, updates = student.apply({'params': trainable['student'],
-                                  'batch_stats': state.batch_stats}, x, train=True,
-                                 return_features=features, mutable=['batch_stats'])
+    out, updates = student.apply({'params': trainable['student'], 'batch_stats': batch_stats},
+                                 x, train=True, return_features=features, mutable=['batch_stats'])
     logits, s_feats = out if features else (out, None)
     ce = losses.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
     if distiller is None:
-      return ce, (logits, updates['batch_stats'], {'ce': ce})
+      return ce, (logits, updates.get('batch_stats', {}), {'ce': ce})
     distill_loss, terms = distiller.loss(trainable['distiller'], logits, s_feats, t_logits,
                                          t_feats, labels, epoch=epoch)
-    loss = config.ce_weight * ce + distill_loss
-    return loss, (logits, updates['batch_stats'], {'ce': ce, **terms})
+    return config.ce_weight * ce + distill_loss, (logits, updates.get('batch_stats', {}),
+                                                   {'ce': ce, **terms})
 
-  trainable = state.trainable()
   (loss, (logits, batch_stats, terms)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(trainable)
+  metrics.update(terms, loss=loss, accuracy=accuracy(logits, labels))
+  return grads, batch_stats, metrics
+
+
+def micro_batches(batch, count):
+  """[B, …] → [count, B/count, …], micro-batch j = rows j, j+count, …: every device's
+  shard of the global batch holds an equal part of each micro-batch."""
+  return jax.tree.map(lambda a: a.reshape(a.shape[0] // count, count, *a.shape[1:]).swapaxes(0, 1),
+                      batch)
+
+
+def train_step(state, teacher_variables, batch, rng, *, config, student, teacher, spec,
+               learning_rate_fn, distiller=None, steps_per_epoch=1.0):
+  """One optimizer step. `distiller` (from `oracle_jax.distillers.get`) is None for
+  supervised training (`method='scratch'`). With `config.grad_accum_steps = k > 1` the
+  gradient is the mean over k micro-batches (equal to the whole batch's, except that
+  BatchNorm normalises each micro-batch with its own statistics)."""
+  del rng  # The bundled models are deterministic; kept for models with dropout.
+  epoch = jnp.floor(state.step / steps_per_epoch) + 1  # from 1, as mdistiller's DKD warm-up
+  grad_fn = functools.partial(gradients, teacher_variables=teacher_variables, epoch=epoch,
+                              config=config, student=student, teacher=teacher, spec=spec,
+                              distiller=distiller)
+  trainable = state.trainable()
+  accum = config.get('grad_accum_steps', 1)
+  if accum == 1:
+    grads, batch_stats, metrics = grad_fn(trainable, state.batch_stats, batch=batch)
+  else:
+    def body(carry, micro):
+      grads_sum, batch_stats = carry
+      grads, batch_stats, metrics = grad_fn(trainable, batch_stats, batch=micro)
+      return (jax.tree.map(jnp.add, grads_sum, grads), batch_stats), metrics
+
+    zeros = jax.tree.map(jnp.zeros_like, trainable)
+    (grads, batch_stats), metrics = jax.lax.scan(body, (zeros, state.batch_stats),
+                                                 micro_batches(batch, accum))
+    grads = jax.tree.map(lambda g: g / accum, grads)
+    metrics = jax.tree.map(jnp.mean, metrics)
   updates, opt_state = state.tx.update(grads, state.opt_state, trainable)
   trainable = optax.apply_updates(trainable, updates)
   new_state = state.replace(step=state.step + 1, params=trainable['student'],
                             distiller_params=trainable['distiller'], batch_stats=batch_stats,
                             opt_state=opt_state)
-  metrics.update(terms, loss=loss, accuracy=accuracy(logits, labels),
-                 grad_norm=optax.tree.norm(grads), learning_rate=learning_rate_fn(state.step))
+  metrics.update(grad_norm=optax.tree.norm(grads), learning_rate=learning_rate_fn(state.step))
   return new_state, metrics
 
 

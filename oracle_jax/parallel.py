@@ -24,11 +24,13 @@ def replicated(mesh):
   return NamedSharding(mesh, P())
 
 
-def check_batch_size(global_batch_size: int, mesh):
-  devices = mesh.devices.size
+def check_batch_size(global_batch_size: int, mesh, micro_batches: int = 1):
+  devices = mesh.devices.size * micro_batches
   if global_batch_size % devices:
-    raise ValueError(f'batch_size={global_batch_size} is not divisible by the {devices} '
-                     f'devices; use a multiple of {devices} (e.g. '
+    what = f'the {mesh.devices.size} devices' + (
+        f' × {micro_batches} micro-batches' if micro_batches > 1 else '')
+    raise ValueError(f'batch_size={global_batch_size} is not divisible by {what}; use a '
+                     f'multiple of {devices} (e.g. '
                      f'{max(devices, global_batch_size // devices * devices)}).')
 
 

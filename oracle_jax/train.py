@@ -128,7 +128,7 @@ def prepare(config, *, run=None, mesh=None):
   `(run, teacher_variables)`; raises the user-facing errors before anything is written."""
   validation.validate_config(config)
   mesh = run.mesh if run else (mesh or parallel.make_mesh())
-  parallel.check_batch_size(config.batch_size, mesh)
+  parallel.check_batch_size(config.batch_size, mesh, config.grad_accum_steps)
   parallel.check_batch_size(config.eval_batch_size, mesh)
   run = run or Run(config, mesh)
   return run, load_teacher_variables(config, run)

@@ -39,6 +39,9 @@ def validate_config(config):
            f'oracle.reference_batch_size must be >= 1, got {config.oracle.reference_batch_size}.')
   _require(config.temperature > 0, f'temperature must be > 0, got {config.temperature}.')
   _require(config.batch_size >= 1, f'batch_size must be >= 1, got {config.batch_size}.')
+  _require(config.grad_accum_steps >= 1 and config.batch_size % config.grad_accum_steps == 0,
+           f'grad_accum_steps={config.grad_accum_steps} must be >= 1 and divide '
+           f'batch_size={config.batch_size}.')
   _require(config.train_steps >= 0, f'train_steps must be >= 0 (0 = use num_epochs), got '
            f'{config.train_steps}.')
   _require(config.train_steps > 0 or config.num_epochs > 0,

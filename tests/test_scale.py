@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,3 +87,53 @@ def test_bfloat16_teacher_gives_float32_oracle_update():
   assert 'bf16[8,8,8,16]' in text  # teacher activations are bf16
   # The update x - γ·g·|x| is computed on float32 arrays of x's shape.
   assert 'f32[8,8,8,1]' in text and text.count('abs') >= 1
+
+
+class _LinearNet(flax.linen.Module):
+  """A BN-free classifier: gradient accumulation is then exact."""
+  num_classes: int
+
+  @flax.linen.compact
+  def __call__(self, x, train=False, return_features=False):
+    del train
+    logits = flax.linen.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+    return (logits, {'logits': logits}) if return_features else logits
+
+
+@pytest.mark.parametrize('oracle_on', [False, True])
+def test_gradient_accumulation_equals_one_big_batch_without_batchnorm(oracle_on):
+  from configs import common  # pylint: disable=g-import-not-at-top
+  from oracle_jax import data, distill, distillers  # pylint: disable=g-import-not-at-top
+  spec = data.dataset_spec('digits')
+  student, teacher = _LinearNet(10), _LinearNet(10)
+  x = np.zeros((1, 8, 8, 1), np.float32)
+  s_vars, t_vars = student.init(jax.random.key(0), x), teacher.init(jax.random.key(1), x)
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8),
+           'label': rng.integers(0, 10, 16).astype(np.int32)}
+  out = {}
+  for accum in (1, 4):
+    config = common.base_config()
+    config.grad_accum_steps, config.oracle.enabled = accum, oracle_on
+    tx = distill.make_optimizer(config, lambda _: 0.1)
+    step = jax.jit(functools.partial(distill.train_step, config=config, student=student,
+                                     teacher=teacher, spec=spec, learning_rate_fn=lambda _: 0.1,
+                                     distiller=distillers.get(config)))
+    state = distill.TrainState.create(s_vars, tx)
+    for _ in range(2):
+      state, metrics = step(state, t_vars, batch, jax.random.key(0))
+    out[accum] = (state.params, metrics['loss'])
+  np.testing.assert_allclose(out[1][1], out[4][1], rtol=1e-5)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6),
+               out[1][0], out[4][0])
+
+
+def test_gradient_accumulation_trains_with_batchnorm(digits_data_dir, tmp_path):
+  """With BatchNorm each micro-batch uses its own statistics: close, not equal."""
+  one = train.train_and_evaluate(digits_config(digits_data_dir, method='scratch', train_steps=4),
+                                 str(tmp_path / 'one'))
+  two = train.train_and_evaluate(digits_config(digits_data_dir, method='scratch', train_steps=4,
+                                               grad_accum_steps=2), str(tmp_path / 'two'))
+  assert np.isfinite(two['final_train_loss'])
+  assert two['final_train_loss'] == pytest.approx(one['final_train_loss'], rel=0.2)
+  assert two['final_train_loss'] != one['final_train_loss']
