@@ -169,8 +169,23 @@ def jit_train_step(mesh, state_sharding, **kwargs):
                  out_shardings=(state_sharding, replicated), donate_argnums=(0,))
 
 
-def jit_eval_step(mesh, **kwargs):
+def teacher_eval_step(teacher_variables, batch, *, config, teacher, spec):
+  """Correct counts of the teacher on x and, with the oracle on, on x* (Table 1)."""
+  x, labels, mask = data.normalize(batch['image'], spec), batch['label'], batch['mask']
+  logits_fn = functools.partial(teacher.apply, teacher_variables, train=False)
+  correct = lambda logits: jnp.sum((jnp.argmax(logits, -1) == labels) & mask)
+  if not config.oracle.enabled:
+    return {'correct_teacher_top1': correct(logits_fn(x)), 'count': jnp.sum(mask)}
+  x_star, logits_x = oracle.reinforce_and_logits(
+      logits_fn, x, labels, gamma=config.oracle.gamma, steps=config.oracle.steps,
+      reference_batch_size=config.oracle.reference_batch_size)
+  return {'correct_teacher_top1': correct(logits_x), 'correct_oracle_top1': correct(logits_fn(x_star)),
+          'count': jnp.sum(mask)}
+
+
+def jit_eval_step(step, mesh, **kwargs):
+  """An eval-style step `(variables, batch) -> sums`, jitted once over the mesh."""
   replicated = parallel.replicated(mesh)
-  return jax.jit(functools.partial(eval_step, **kwargs),
+  return jax.jit(functools.partial(step, **kwargs),
                  in_shardings=(replicated, parallel.batch_sharding(mesh)),
                  out_shardings=replicated)

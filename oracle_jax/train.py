@@ -92,13 +92,21 @@ class Run:
           self.mesh, sharding, config=self.config, student=self.student, teacher=self.teacher,
           spec=self.spec, learning_rate_fn=self.lr_fn, distiller=self.distiller,
           steps_per_epoch=self.steps_per_epoch)
-      evaluate = distill.jit_eval_step(self.mesh, model=self.student, spec=self.spec)
+      evaluate = distill.jit_eval_step(distill.eval_step, self.mesh, model=self.student,
+                                       spec=self.spec)
       self._steps = (train, evaluate)  # pylint: disable=attribute-defined-outside-init
     return self._steps
 
+  def evaluate_teacher(self, teacher_variables):
+    """The frozen teacher's top-1 on x and (oracle on) on x* over the eval split."""
+    step = distill.jit_eval_step(distill.teacher_eval_step, self.mesh, config=self.config,
+                                 teacher=self.teacher, spec=self.spec)
+    return evaluate(self, step, teacher_variables)
+
 
 def evaluate(run, eval_step, variables):
-  """Top-1/top-5/loss of `variables` on the eval split; every example counted once."""
+  """Rates over the eval split of the sums `eval_step` returns (`correct_<name>` →
+  `<name>`, `loss_sum` → `loss`); every example counted once, padding masked."""
   it = data.eval_iterator(run.spec, data_dir=run.data_dir,
                           global_batch_size=run.config.eval_batch_size)
   totals = None
@@ -106,9 +114,10 @@ def evaluate(run, eval_step, variables):
     sums = eval_step(variables, parallel.global_batch(batch, run.mesh))
     totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
   totals = jax.device_get(totals)
-  n = int(totals['count'])
-  return {'top1': float(totals['correct_top1']) / n, 'top5': float(totals['correct_top5']) / n,
-          'loss': float(totals['loss_sum']) / n, 'examples': n}
+  n = int(totals.pop('count'))
+  rates = {k.replace('correct_', '').replace('loss_sum', 'loss'): float(v) / n
+           for k, v in totals.items()}
+  return {**rates, 'examples': n}
 
 
 def _every(step, period, total):
@@ -220,10 +229,13 @@ def train_and_evaluate(config, workdir, *, run=None, mesh=None):
   if config.method == 'scratch':
     checkpoints.save_model(os.path.join(workdir, 'teacher'), jax.device_get(state.variables()),
                            step=run.total_steps, **_model_meta(config, run, top1=last_eval.get('top1')))
+  teacher_eval = run.evaluate_teacher(teacher_variables) if run.teacher is not None else {}
   results = dict(final_top1=last_eval.get('top1'), final_top5=last_eval.get('top5'),
                  best_top1=best_top1, final_train_loss=train_loss, steps=run.total_steps,
                  method=config.method, oracle=bool(config.oracle.enabled) and config.method != 'scratch',
-                 dataset=config.dataset, student=config.student.model, seed=config.seed)
+                 dataset=config.dataset, student=config.student.model, seed=config.seed,
+                 teacher_top1=teacher_eval.get('teacher_top1'),
+                 oracle_top1=teacher_eval.get('oracle_top1'))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump(results, f, indent=2)

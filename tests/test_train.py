@@ -36,6 +36,10 @@ def test_distillation_run(digits_data_dir, digits_teacher, tmp_path, oracle):
   assert {'final_top1', 'best_top1', 'final_train_loss', 'steps'} <= set(results)
   assert results['steps'] == 6 and results['oracle'] == oracle
   assert 0 <= results['final_top1'] <= results['best_top1'] <= 1
+  assert 0.5 < results['teacher_top1'] <= 1  # the frozen teacher over the 540 test digits
+  assert (results['oracle_top1'] is not None) == oracle
+  if oracle:  # the oracle makes the teacher at least as right (γ = 5 here)
+    assert results['oracle_top1'] >= results['teacher_top1']
   assert np.isfinite(results['final_train_loss'])
   lines = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   train_lines = [l for l in lines if 'train/loss' in l]
