@@ -4,13 +4,12 @@
 #
 #   launch/tpu_pod.sh create                      # create the slice
 #   launch/tpu_pod.sh setup                       # copy the repo, install requirements
-#   launch/tpu_pod.sh run --config=configs/imagenet_r34_r18.py --workdir=/mnt/runs/r34_r18
+#   launch/tpu_pod.sh run --config=configs/imagenet_r34_r18.py --workdir=gs://BUCKET/runs/r34_r18
 #   launch/tpu_pod.sh delete
 #
 # Settings (environment): TPU_NAME, ZONE, ACCELERATOR (e.g. v4-32), VERSION (TPU VM
 # runtime), DATA_DIR (TFDS data dir on GCS, e.g. gs://BUCKET/tensorflow_datasets).
-# The data dir may be a gs:// URL (TFDS reads GCS). The workdir must be a path every host
-# sees, e.g. a bucket mounted with gcsfuse at /mnt (the loop writes its files with os/open).
+# The workdir and data dir must be storage every host sees: gs:// URLs work for both.
 set -euo pipefail
 TPU_NAME=${TPU_NAME:-oracle-jax}
 ZONE=${ZONE:-us-central2-b}

@@ -11,6 +11,12 @@ import os
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+
+def resolve(path):
+  """An `epath.Path`: local paths made absolute, URLs (gs://, s3://) kept as they are."""
+  return epath.Path(path if '://' in str(path) else os.path.abspath(path))
 
 
 class CheckpointSaveError(OSError):
@@ -22,7 +28,7 @@ class TeacherCheckpointError(ValueError):
 
 
 def save_model(directory, variables, step: int = 0, **meta):
-  directory = os.path.abspath(directory)
+  directory = resolve(directory)
   options = ocp.CheckpointManagerOptions(create=True, max_to_keep=1)
   with ocp.CheckpointManager(directory, options=options) as manager:
     manager.save(step, args=ocp.args.Composite(
@@ -32,8 +38,8 @@ def save_model(directory, variables, step: int = 0, **meta):
 
 def load_model(directory):
   """Returns `(variables, meta)` of the newest step of a model checkpoint directory."""
-  directory = os.path.abspath(directory)
-  if not os.path.isdir(directory):
+  directory = resolve(directory)
+  if not directory.is_dir():
     raise FileNotFoundError(f'Model checkpoint directory {directory!r} does not exist.')
   with ocp.CheckpointManager(directory) as manager:
     step = manager.latest_step()
@@ -77,19 +83,20 @@ def load_teacher(source: str, model_name: str, num_classes: int, in_channels: in
   if not source:
     raise ValueError('teacher.checkpoint is empty: set it to a model checkpoint directory '
                      '(e.g. WORKDIR/teacher of a method=scratch run) or a PyTorch .pth file.')
-  if os.path.isfile(source):
+  path = resolve(source)
+  if path.is_file():
     variables = torch_import.load(source, model_name, num_classes, **model_kwargs)
     check_variables(variables, torch_import.abstract_variables(
         model_name, num_classes, in_channels, **model_kwargs), f'Teacher checkpoint {source!r}')
     return jax.tree.map(np.asarray, variables)
-  if not os.path.exists(source):
+  if not path.exists():
     raise FileNotFoundError(
         f'Teacher checkpoint {source!r} does not exist. Train a teacher with '
         '--config.method=scratch (it is kept in WORKDIR/teacher) or import a PyTorch one '
         'with `python -m oracle_jax.torch_import IN.pth OUT_DIR --model=… --num_classes=…`.')
-  if os.path.isdir(os.path.join(source, 'teacher')):
-    source = os.path.join(source, 'teacher')
-  variables, meta = load_model(source)
+  if (path / 'teacher').is_dir():
+    path = path / 'teacher'
+  variables, meta = load_model(path)
   what = f'Teacher checkpoint {source!r}'
   if meta.get('model', model_name) != model_name:
     raise TeacherCheckpointError(f'{what} holds a {meta["model"]} but teacher.model is '
@@ -124,7 +131,7 @@ class TrainCheckpoints:
     # The state of these models writes in well under a second.
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=False)
-    self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    self._manager = ocp.CheckpointManager(resolve(directory), options=options)
 
   def latest_step(self):
     return self._manager.latest_step()

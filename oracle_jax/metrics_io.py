@@ -3,7 +3,6 @@
 Only process 0 writes. Device metrics are fetched in one transfer per log interval.
 """
 import json
-import os
 import sys
 import time
 
@@ -20,10 +19,14 @@ class MetricWriter:
 
   def __init__(self, workdir):
     self._primary = jax.process_index() == 0
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a') if self._primary else None
+    # Rewritten whole at each flush (object stores such as GCS cannot append); it holds
+    # one line per log interval, so it stays small.
+    self._jsonl = workdir / 'metrics.jsonl'
+    self._lines = (self._jsonl.read_text().splitlines(keepends=True)
+                   if self._primary and self._jsonl.exists() else [])
     from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TF)
     self._tb = metric_writers.create_default_writer(
-        os.path.join(workdir, 'tensorboard'), just_logging=not self._primary)
+        str(workdir / 'tensorboard'), just_logging=not self._primary)
 
   def write_train(self, pending, last_good_step):
     """Averages and writes the pending steps' metrics; returns the mean loss (None if
@@ -53,14 +56,12 @@ class MetricWriter:
 
   def _write(self, step, scalars):
     self._tb.write_scalars(step, scalars)
-    if self._jsonl:
-      self._jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
-      self._jsonl.flush()
+    if self._primary:
+      self._lines.append(json.dumps({'step': step, **scalars}) + '\n')
+      self._jsonl.write_text(''.join(self._lines))
 
   def close(self):
     self._tb.flush()
-    if self._jsonl:
-      self._jsonl.close()
 
 
 class Progress:

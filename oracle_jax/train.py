@@ -8,7 +8,6 @@ automatically from the newest good checkpoint in `workdir`, saves on SIGTERM, an
 import json
 import logging
 import math
-import os
 import signal
 import threading
 
@@ -168,10 +167,10 @@ def train_and_evaluate(config, workdir, *, run=None, mesh=None):
   """
   run, teacher_variables = prepare(config, run=run, mesh=mesh)
   mesh = run.mesh
-  workdir = os.path.abspath(workdir)
+  workdir = checkpoints.resolve(workdir)
   validation.prepare_workdir(config, workdir)  # only now: bad input writes nothing
 
-  manager = checkpoints.TrainCheckpoints(os.path.join(workdir, 'checkpoints'),
+  manager = checkpoints.TrainCheckpoints(workdir / 'checkpoints',
                                          keep=config.keep_checkpoints)
   state = parallel.replicate(run.init_state(config.seed), mesh)
   state, meta = manager.restore_latest(state)
@@ -210,7 +209,7 @@ def train_and_evaluate(config, workdir, *, run=None, mesh=None):
         writer.write_eval(step, last_eval)
         if last_eval['top1'] > best_top1:
           best_top1 = last_eval['top1']
-          checkpoints.save_model(os.path.join(workdir, 'best'), jax.device_get(state.variables()),
+          checkpoints.save_model(workdir / 'best', jax.device_get(state.variables()),
                                  step=step, **_model_meta(config, run, top1=best_top1))
       if _every(step, config.checkpoint_every_steps, run.total_steps) or stop:
         # Check pending metrics first: a non-finite step must never be checkpointed.
@@ -227,7 +226,7 @@ def train_and_evaluate(config, workdir, *, run=None, mesh=None):
     manager.close()
     writer.close()
   if config.method == 'scratch':
-    checkpoints.save_model(os.path.join(workdir, 'teacher'), jax.device_get(state.variables()),
+    checkpoints.save_model(workdir / 'teacher', jax.device_get(state.variables()),
                            step=run.total_steps, **_model_meta(config, run, top1=last_eval.get('top1')))
   teacher_eval = run.evaluate_teacher(teacher_variables) if run.teacher is not None else {}
   results = dict(final_top1=last_eval.get('top1'), final_top5=last_eval.get('top5'),
@@ -237,8 +236,7 @@ def train_and_evaluate(config, workdir, *, run=None, mesh=None):
                  teacher_top1=teacher_eval.get('teacher_top1'),
                  oracle_top1=teacher_eval.get('oracle_top1'))
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump(results, f, indent=2)
+    (workdir / 'results.json').write_text(json.dumps(results, indent=2))
   return results
 
 

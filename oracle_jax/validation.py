@@ -1,8 +1,6 @@
 """Checks that turn a user's mistake into one sentence saying how to fix it, before any
 work is done or anything is written."""
 import json
-import os
-import shutil
 
 import jax
 
@@ -71,35 +69,34 @@ def check_batch(batch, spec):
 
 
 def prepare_workdir(config, workdir):
-  """Creates `workdir`, or checks that the run it holds is this config's (resumable)."""
+  """Creates `workdir` (an `epath.Path`, local or gs://), or checks that the run it holds
+  is this config's (resumable)."""
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, '.write_test')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / '.write_test'
+    probe.write_text('ok')
+    probe.unlink()
   except OSError as e:
-    raise ConfigError(f'Workdir {workdir!r} is not writable ({e.strerror}); pass a '
+    raise ConfigError(f'Workdir {str(workdir)!r} is not writable ({e.strerror or e}); pass a '
                       '--workdir you can write to.') from None
-  path = os.path.join(workdir, 'config.json')
+  path = workdir / 'config.json'
   current = json.loads(config.to_json_best_effort())
   if jax.process_index() != 0:  # process 0 checks and writes; the others follow it
     return
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+  if path.exists():
+    saved = json.loads(path.read_text())
     changed = sorted(k for k in set(saved) | set(current)
                      if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
     if changed and not config.overwrite:
       raise ConfigError(
-          f'Workdir {workdir!r} holds a run of a different config (differs in: '
+          f'Workdir {str(workdir)!r} holds a run of a different config (differs in: '
           f'{", ".join(changed)}). Use another --workdir, or pass --config.overwrite=True '
           'to discard that run.')
-    if changed:
-      for sub in ('checkpoints', 'best', 'teacher', 'tensorboard'):
-        shutil.rmtree(os.path.join(workdir, sub), ignore_errors=True)
-      for name in ('metrics.jsonl', 'results.json'):
-        if os.path.exists(os.path.join(workdir, name)):
-          os.remove(os.path.join(workdir, name))
-  with open(path, 'w') as f:
-    json.dump(current, f, indent=2, sort_keys=True)
+    for name in ('checkpoints', 'best', 'teacher', 'tensorboard', 'metrics.jsonl',
+                 'results.json') if changed else ():
+      old = workdir / name
+      if old.is_dir():
+        old.rmtree()
+      elif old.exists():
+        old.unlink()
+  path.write_text(json.dumps(current, indent=2, sort_keys=True))
