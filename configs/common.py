@@ -64,5 +64,8 @@ def base_config():
   c.keep_checkpoints = 2
   c.seed = 0
   c.dtype = 'float32'                   # 'bfloat16': compute in bf16, params/stats float32
+  # 'chunked': the same convolutions with a CPU-faster weight gradient (oracle_jax/conv.py);
+  # identical parameters and checkpoints, float32-rounding-level differences in gradients.
+  c.conv_impl = 'default'
   c.overwrite = False                   # allow a workdir holding a run of another config
   return c

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import optax
 
-from oracle_jax import checkpoints, data, distill, distillers, models, parallel, validation
+from oracle_jax import checkpoints, conv, data, distill, distillers, models, parallel, validation
 from oracle_jax import metrics_io
 
 
@@ -40,8 +40,8 @@ def learning_rate_fn(config, steps_per_epoch, total_steps):
   return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), main], [warmup])
 
 
-def model_kwargs(model_config, dtype):
-  kwargs = {'dtype': jax.numpy.dtype(dtype)}
+def model_kwargs(model_config, dtype, conv_impl='default'):
+  kwargs = {'dtype': jax.numpy.dtype(dtype), 'conv_impl': conv.get(conv_impl)}
   if model_config.get('small_stem'):
     kwargs['small_stem'] = True
   return kwargs
@@ -62,12 +62,12 @@ class Run:
     self.total_steps = config.train_steps or math.ceil(config.num_epochs * self.steps_per_epoch)
     self.lr_fn = learning_rate_fn(config, self.steps_per_epoch, self.total_steps)
     self.tx = distill.make_optimizer(config, self.lr_fn)
-    kwargs = model_kwargs(config.student, config.dtype)
+    kwargs = model_kwargs(config.student, config.dtype, config.conv_impl)
     self.student = models.create(config.student.model, self.spec.num_classes, **kwargs)
     self.teacher = self.distiller = None
     if config.method != 'scratch':
       self.teacher = models.create(config.teacher.model, self.spec.num_classes,
-                                   **model_kwargs(config.teacher, config.dtype))
+                                   **model_kwargs(config.teacher, config.dtype, config.conv_impl))
       self.distiller = distillers.get(config)
 
   def init_state(self, seed):

@@ -125,3 +125,13 @@ def test_teacher_class_count_mismatch(digits_data_dir, tmp_path):
   with pytest.raises(ValueError, match=r'checkpoint has 100 classes .* num_classes=10'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()
+
+
+def test_chunked_convolutions_train_like_the_default(digits_data_dir, tmp_path):
+  """config.conv_impl='chunked' (the CPU-faster weight gradient) changes rounding only."""
+  params = {}
+  for impl in ('default', 'chunked'):
+    config = digits_config(digits_data_dir, method='scratch', train_steps=4, conv_impl=impl)
+    train.train_and_evaluate(config, str(tmp_path / impl))
+    params[impl] = final_params(config, str(tmp_path / impl))
+  assert_trees_close(params['default'], params['chunked'], rtol=1e-3, atol=1e-5)

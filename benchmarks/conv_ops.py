@@ -1,0 +1,76 @@
+"""Single convolutions of the CIFAR ResNets on this CPU: forward, input gradient, and the
+weight gradient as XLA computes it ('stock') and summed over batch chunks
+(`oracle_jax.conv`, 'c<chunk>'). One JSON line per shape; all variants of a shape are
+timed interleaved (round-robin), so machine-load drifts hit them alike.
+
+    python benchmarks/conv_ops.py [--batch=64] [--chunks=4,8,16,32] [--repeats=12]
+"""
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from jax import lax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from oracle_jax import conv  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+# (input size, in channels, out channels, stride, kernel): every conv of resnet8..110
+SHAPES = [(32, 3, 16, 1, 3), (32, 16, 16, 1, 3), (32, 16, 32, 2, 3), (32, 16, 32, 2, 1),
+          (16, 32, 32, 1, 3), (16, 32, 64, 2, 3), (16, 32, 64, 2, 1), (8, 64, 64, 1, 3)]
+
+
+def ops(impl, stride, pad):
+  f = lambda x, w: impl(x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=NHWC)
+  return {'fwd': lambda x, w, g: f(x, w),
+          'igrad': lambda x, w, g: jax.vjp(lambda x: f(x, w), x)[1](g)[0],
+          'wgrad': lambda x, w, g: jax.vjp(lambda w: f(x, w), w)[1](g)[0]}
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p.add_argument('--batch', type=int, default=64)
+  p.add_argument('--chunks', default='4,8,16,32')
+  p.add_argument('--repeats', type=int, default=12)
+  args = p.parse_args()
+  rng = np.random.default_rng(0)
+  for size, c_in, c_out, stride, k in SHAPES:
+    pad, out = k // 2, size // stride
+    x = rng.normal(size=(args.batch, size, size, c_in)).astype(np.float32)
+    w = rng.normal(size=(k, k, c_in, c_out)).astype(np.float32)
+    g = rng.normal(size=(args.batch, out, out, c_out)).astype(np.float32)
+    stock = ops(lax.conv_general_dilated, stride, pad)
+    fns = {'fwd': stock['fwd'], 'igrad': stock['igrad'], 'wgrad stock': stock['wgrad']}
+    for c in map(int, args.chunks.split(',')):
+      if c < args.batch:
+        fns[f'wgrad c{c}'] = ops(functools.partial(conv.chunked_conv_general_dilated,
+                                                   chunk_size=c, max_chunks=args.batch),
+                                 stride, pad)['wgrad']
+    fns = {n: jax.jit(f) for n, f in fns.items()}
+    want = fns['wgrad stock'](x, w, g)
+    for n, f in fns.items():
+      out_n = f(x, w, g)
+      if n.startswith('wgrad'):
+        np.testing.assert_allclose(out_n, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+    times = {n: [] for n in fns}
+    for _ in range(args.repeats):
+      for n, f in fns.items():
+        t0 = time.perf_counter()
+        f(x, w, g).block_until_ready()
+        times[n].append(time.perf_counter() - t0)
+    gflop = 2 * args.batch * out * out * k * k * c_in * c_out / 1e9
+    print(json.dumps({
+        'shape': f'{k}x{k} {size}x{size}x{c_in}->{c_out} s{stride}', 'batch': args.batch,
+        'gflop': round(gflop, 4),
+        'ms_min': {n: round(min(t) * 1e3, 3) for n, t in times.items()},
+        'ms_median': {n: round(float(np.median(t)) * 1e3, 3) for n, t in times.items()},
+        'gflop_per_s_best': {n: round(gflop / min(t), 1) for n, t in times.items()}}), flush=True)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,115 @@
+"""Markdown tables from the JSON lines of `launch/benchmark.py` (see run_all.sh).
+
+    python benchmarks/table.py benchmarks/results      # every *.jsonl in the folder
+"""
+import collections
+import glob
+import json
+import os
+import sys
+
+
+def load(folder):
+  runs = {}
+  for path in sorted(glob.glob(os.path.join(folder, '*.jsonl'))):
+    with open(path) as f:
+      runs[os.path.basename(path)[:-6]] = [json.loads(l) for l in f if l.startswith('{')]
+  return runs
+
+
+def variant(rec):
+  name = rec.get('conv_impl') or ''
+  if rec.get('xla_options'):
+    name += ' ' + json.dumps(rec['xla_options'])
+  return name
+
+
+def steps_table(runs):
+  rows = ['| teacher→student | batch | kind | conv | ms | img/s | × torch official | '
+          '× torch frozen | × torch same kind | GFLOP | GFLOP/s | % peak | compile s | '
+          'recompiled |', '|' + '---|' * 14]
+  for name, recs in runs.items():
+    if not name.startswith('steps_'):
+      continue
+    torch = {r['kind']: r for r in recs if r.get('framework') == 'torch'}
+    peak = max((r['gflop_per_s'] for r in recs if r.get('kind') == 'peak'), default=None)
+    for r in recs:
+      if r.get('framework') != 'jax' or r.get('kind') not in ('student', 'kd', 'oracle'):
+        continue
+      ratio = lambda k: (f"{r['img_per_s'] / torch[k]['img_per_s']:.2f}" if k in torch else '')
+      same = {'student': 'student', 'kd': 'kd'}.get(r['kind'])
+      rows.append(
+          f"| {r['teacher'] or '—'}→{r['student']} | {r['batch']} | {r['kind']} | "
+          f"{variant(r)} | {r['ms_median']:.0f} | {r['img_per_s']:.0f} | "
+          f"{ratio('oracle_official') if r['kind'] == 'oracle' else ''} | "
+          f"{ratio('oracle_frozen') if r['kind'] == 'oracle' else ''} | "
+          f"{ratio(same) if same else ''} | {r['gflop_per_step']:.1f} | {r['gflop_per_s']:.0f} | "
+          f"{100 * r['gflop_per_s'] / peak if peak else float('nan'):.0f} | "
+          f"{r['compile_s']:.1f} | {r['recompiled']} |")
+    for k, t in torch.items():
+      rows.append(f"| {t['teacher'] or '—'}→{t['student']} | {t['batch']} | torch {k} | | "
+                  f"{t['ms_median']:.0f} | {t['img_per_s']:.0f} | | | | | | | | |")
+    if peak:
+      rows.append(f"| (float32 GEMM peak this run: {peak} GFLOP/s) |" + ' |' * 13)
+  return '\n'.join(rows)
+
+
+def reinforce_table(runs):
+  rows = ['| teacher | batch | conv | forward ms | reinforce ms | reinforce / forward |',
+          '|---|---|---|---|---|---|']
+  for name, recs in runs.items():
+    if not name.startswith('reinforce_'):
+      continue
+    by = collections.defaultdict(dict)
+    for r in recs:
+      if r.get('framework') == 'jax':
+        by[variant(r)][r['kind']] = r
+    for v, k in by.items():
+      if 'forward' in k and 'reinforce' in k:
+        f, g = k['forward'], k['reinforce']
+        rows.append(f"| {f['teacher']} | {f['batch']} | {v} | {f['ms_median']:.1f} | "
+                    f"{g['ms_median']:.1f} | {g['ms_median'] / f['ms_median']:.2f} |")
+  return '\n'.join(rows)
+
+
+def devices_table(runs):
+  rows = ['| devices | conv | ms | img/s | HLO GFLOP (all devices) | all-reduces | compile s |',
+          '|---|---|---|---|---|---|---|']
+  for name, recs in sorted(runs.items(), key=lambda kv: kv[0]):
+    if not name.startswith('devices_'):
+      continue
+    for r in recs:
+      if r.get('framework') == 'jax':
+        rows.append(f"| {r['devices']} | {variant(r)} | {r['ms_median']:.0f} | "
+                    f"{r['img_per_s']:.0f} | {r['gflop_per_step']:.1f} | {r['all_reduces']} | "
+                    f"{r['compile_s']:.1f} |")
+  return '\n'.join(rows)
+
+
+def pipeline_table(runs):
+  rows = ['| batch | pipeline img/s | oracle step img/s (r56→r20) | pipeline / step |',
+          '|---|---|---|---|']
+  for name, recs in runs.items():
+    if not name.startswith('pipeline_'):
+      continue
+    for r in recs:
+      step = [s for s in runs.get(f"steps_resnet56_resnet20_b{r['batch']}", [])
+              if s.get('framework') == 'jax' and s.get('kind') == 'oracle']
+      best = max((s['img_per_s'] for s in step), default=None)
+      rows.append(f"| {r['batch']} | {r['img_per_s']:.0f} | {best or ''} | "
+                  f"{r['img_per_s'] / best if best else float('nan'):.0f}× |")
+  return '\n'.join(rows)
+
+
+def main():
+  runs = load(sys.argv[1] if len(sys.argv) > 1 else 'benchmarks/results')
+  for title, table in (('Training steps', steps_table), ('reinforce vs forward', reinforce_table),
+                       ('Simulated devices (oracle r56→r20, global batch 64)', devices_table),
+                       ('Input pipeline', pipeline_table)):
+    text = table(runs)
+    if text.count('\n') > 1:
+      print(f'### {title}\n\n{text}\n')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,200 @@
+"""Drop-in replacements for `jax.lax.conv_general_dilated` that train faster on CPU.
+
+`models.create(..., conv_impl=conv.get(name))` hands one to every `flax.linen.Conv` of a
+model (`conv_general_dilated=`), so the model code and its parameters stay the same;
+`jax.jit(step, compiler_options=conv.compiler_options(name))` adds the XLA options that
+go with it (see CPU_COMPILER_OPTIONS).
+
+'chunked': XLA's CPU backend computes a convolution's *weight* gradient as one
+convolution contracting over the whole batch (a YNNPACK fusion whose speed falls as that
+batch grows) and transposes both operands for it. `chunked_conv_general_dilated` keeps
+the forward pass and the input gradient exactly as `lax` computes them, and computes the
+weight gradient as a sum over batch chunks of that same weight-gradient convolution, with
+each operand transposed once into the layout the convolution reads (the chunks are then
+contiguous, so no per-chunk copies). Only the order of the float additions over the batch
+changes (float32 rounding; the chunk sums accumulate in float32). It is plain JAX, so it
+is correct under `jit`, `vmap` and sharded `jit`; the chunks are strided slices of the
+global batch, so a batch sharded over devices needs no data movement.
+"""
+import functools
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+# Examples per weight-gradient chunk: 8 is fastest on 2 CPU cores for CIFAR ResNets
+# (benchmarks/conv_ops.py). Each chunk is one more convolution in the compiled program,
+# so larger batches use larger chunks, at most MAX_CHUNKS of them (compile time).
+DEFAULT_CHUNK_SIZE = 8
+MAX_CHUNKS = 8
+
+
+def chunked_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                                 rhs_dilation=None, dimension_numbers=None,
+                                 feature_group_count=1, batch_group_count=1,
+                                 precision=None, preferred_element_type=None, *,
+                                 chunk_size=DEFAULT_CHUNK_SIZE, max_chunks=MAX_CHUNKS):
+  """`lax.conv_general_dilated`, with the kernel gradient summed over ceil(batch /
+  chunk_size) chunks of the batch (at most `max_chunks`; sizes differ by at most one)."""
+  dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  spatial = lhs.ndim - 2
+  lhs_dilation = tuple(lhs_dilation or (1,) * spatial)
+  rhs_dilation = tuple(rhs_dilation or (1,) * spatial)
+  if isinstance(padding, str) and set(lhs_dilation) != {1}:  # lax's own error
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                    rhs_dilation, dimension_numbers)
+  if isinstance(padding, str):  # as lax.conv_general_dilated resolves it
+    window = [(k - 1) * d + 1 for k, d in zip(np.take(rhs.shape, dn.rhs_spec[2:]), rhs_dilation)]
+    padding = lax.padtype_to_pads(np.take(lhs.shape, dn.lhs_spec[2:]), window,
+                                  window_strides, padding)
+  params = dict(window_strides=tuple(window_strides),
+                padding=tuple((int(lo), int(hi)) for lo, hi in padding),
+                lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=dn,
+                feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+                precision=precision, preferred_element_type=preferred_element_type)
+  batch = lhs.shape[dn.lhs_spec[0]]
+  num_chunks = min(max_chunks, -(-batch // chunk_size))
+  if feature_group_count != 1 or batch_group_count != 1 or num_chunks < 2:
+    return lax.conv_general_dilated(lhs, rhs, **params)  # nothing to chunk
+  return _conv(lhs, rhs, tuple(sorted(params.items())), num_chunks)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(lhs, rhs, params, num_chunks):
+  del num_chunks
+  return lax.conv_general_dilated(lhs, rhs, **dict(params))
+
+
+def _conv_fwd(lhs, rhs, params, num_chunks):
+  return _conv(lhs, rhs, params, num_chunks), (lhs, rhs)
+
+
+def _conv_bwd(params, num_chunks, residuals, g):
+  lhs, rhs = residuals
+  p = dict(params)
+  _, lhs_vjp = jax.vjp(lambda l: lax.conv_general_dilated(l, rhs, **p), lhs)
+  (d_lhs,) = lhs_vjp(g)  # the input gradient exactly as lax computes it
+  return d_lhs, chunked_kernel_gradient(lhs, g, rhs.shape, rhs.dtype, p, num_chunks)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def chunked_kernel_gradient(lhs, g, rhs_shape, rhs_dtype, p, num_chunks):
+  """d(sum(conv(lhs, rhs) * g))/d rhs as a sum over `num_chunks` strided batch chunks.
+
+  Each term is the weight-gradient convolution `jax.vjp` would emit (batch and feature
+  roles of lhs and g swapped: contract over the batch, slide over the image), but on
+  operands laid out as XLA:CPU's convolution reads them — lhs as [chunk, C_in, spatial...,
+  batch/chunks], g as [chunk, spatial..., batch/chunks, C_out] — so each operand is
+  transposed once for all chunks and chunk j is a contiguous slab.
+  """
+  dn = p['dimension_numbers']
+  k = len(dn.lhs_spec) - 2
+  lhs_c = _split_batch(lhs, dn.lhs_spec[0], num_chunks)  # batch axis -> (rows, chunk)
+  g_c = _split_batch(g, dn.out_spec[0], num_chunks)
+  shift = lambda ax, b: ax + (ax > b)  # axis index after inserting the chunk axis at b + 1
+  lb, ob = dn.lhs_spec[0], dn.out_spec[0]
+  lhs_t = jnp.transpose(lhs_c, [lb + 1, shift(dn.lhs_spec[1], lb)]
+                        + [shift(a, lb) for a in dn.lhs_spec[2:]] + [lb])
+  g_t = jnp.transpose(g_c, [ob + 1] + [shift(a, ob) for a in dn.out_spec[2:]]
+                      + [ob, shift(dn.out_spec[1], ob)])
+  in_sp = [lhs.shape[a] for a in dn.lhs_spec[2:]]
+  win_sp = [rhs_shape[a] for a in dn.rhs_spec[2:]]
+  out_sp = [g.shape[a] for a in dn.out_spec[2:]]
+  padding = _vjp_rhs_padding(in_sp, win_sp, p['window_strides'], out_sp, p['padding'],
+                             p['lhs_dilation'], p['rhs_dilation'])
+  trans_dn = lax.ConvDimensionNumbers(
+      lhs_spec=(0, k + 1) + tuple(range(1, k + 1)),   # [C_in, spatial..., batch]
+      rhs_spec=(k + 1, k) + tuple(range(k)),          # [spatial..., batch, C_out]
+      out_spec=(0, k + 1) + tuple(range(1, k + 1)))   # [C_in, window..., C_out]
+  total = None
+  for j in range(num_chunks):
+    term = lax.conv_general_dilated(
+        lhs_t[j], g_t[j], window_strides=p['rhs_dilation'], padding=padding,
+        lhs_dilation=p['lhs_dilation'], rhs_dilation=p['window_strides'],
+        dimension_numbers=trans_dn, precision=p['precision'],
+        preferred_element_type=jnp.float32)
+    total = term if total is None else total + term
+  # [C_in, window..., C_out] -> the kernel's own layout
+  order = {dn.rhs_spec[0]: k + 1, dn.rhs_spec[1]: 0}
+  order.update({a: 1 + i for i, a in enumerate(dn.rhs_spec[2:])})
+  return jnp.transpose(total, [order[a] for a in range(k + 2)]).astype(rhs_dtype)
+
+
+def _split_batch(x, axis, num):
+  """x with `axis` (size n) split into (ceil(n / num), num): chunk j along the new axis
+  holds indices j, j + num, j + 2 num, ... (strided, so a batch sharded over devices in
+  contiguous blocks stays local). A batch not divisible by `num` is zero-padded, which
+  adds nothing to the gradient."""
+  n = x.shape[axis]
+  rows = -(-n // num)
+  if rows * num != n:
+    x = jnp.pad(x, [(0, rows * num - n if a == axis else 0) for a in range(x.ndim)])
+  return x.reshape(x.shape[:axis] + (rows, num) + x.shape[axis + 1:])
+
+
+def _vjp_rhs_padding(in_shape, window, strides, out_shape, padding, lhs_dilation,
+                     rhs_dilation):
+  """Padding of the weight-gradient convolution (jax's `_conv_general_vjp_rhs_padding`)."""
+  dilate = lambda n, d: 0 if n == 0 else 1 + d * (n - 1)
+  pads = []
+  for i, (lo, _) in enumerate(padding):
+    lhs_d = dilate(in_shape[i], lhs_dilation[i])
+    rhs_d = dilate(window[i], rhs_dilation[i])
+    out_d = dilate(out_shape[i], strides[i])
+    pads.append((lo, (out_d - lhs_d) + (rhs_d - lo - 1)))
+  return tuple(pads)
+
+
+IMPLEMENTATIONS = {
+    'default': None,  # flax.linen.Conv's own `lax.conv_general_dilated`
+    'chunked': chunked_conv_general_dilated,
+}
+NAMES = ('auto',) + tuple(IMPLEMENTATIONS)
+
+# XLA:CPU runs its YNNPACK convolution kernels on one thread (on this machine: CPU time /
+# wall time = 1.0 for every YNNPACK convolution, 1.9 for XLA's Eigen convolutions and
+# for YNNPACK matmuls), so a training step uses half of a 2-core CPU. Leaving
+# convolutions out of the YNNPACK fusion types (dots and reductions stay in) gives them
+# to XLA's multi-threaded Eigen kernels: 1.2-1.3x on the whole oracle step (README in
+# benchmarks/). Only CPU compilations read these options.
+CPU_COMPILER_OPTIONS = {
+    'xla_cpu_experimental_ynn_fusion_type':
+        'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE',
+}
+
+
+def resolve(name: str, backend: Optional[str] = None) -> str:
+  """'auto' → 'chunked' on CPU, 'default' elsewhere (GPU/TPU convolution libraries
+  compute whole-batch weight gradients well); other names are returned checked."""
+  if name not in NAMES:
+    raise ValueError(f'Unknown conv_impl {name!r}; choose one of: {", ".join(NAMES)}.')
+  if name == 'auto':
+    return 'chunked' if (backend or jax.default_backend()) == 'cpu' else 'default'
+  return name
+
+
+def get(name: str, chunk_size: Optional[int] = None) -> Optional[Callable]:
+  """The convolution a config names, for `models.create(..., conv_impl=...)`:
+  'default' → None (Flax's own `lax` call), 'chunked' → `chunked_conv_general_dilated`
+  with `chunk_size` (default `DEFAULT_CHUNK_SIZE`), 'auto' → 'chunked' on CPU."""
+  impl = IMPLEMENTATIONS[resolve(name)]
+  if impl is None:
+    return None
+  chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
+  if not isinstance(chunk_size, int) or chunk_size < 1:
+    raise ValueError(f'conv chunk_size must be a positive integer, got {chunk_size!r}.')
+  return functools.partial(impl, chunk_size=chunk_size)
+
+
+def compiler_options(name: str, backend: Optional[str] = None) -> dict:
+  """XLA compile options that go with `name`, for `jax.jit(..., compiler_options=...)`:
+  on CPU, 'chunked' (and 'auto') also moves convolutions to XLA's multi-threaded kernels;
+  'default' keeps XLA's defaults; other backends get {}."""
+  backend = backend or jax.default_backend()
+  if backend == 'cpu' and resolve(name, backend) == 'chunked':
+    return dict(CPU_COMPILER_OPTIONS)
+  return {}
