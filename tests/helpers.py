@@ -2,6 +2,7 @@
 import copy
 import os
 import sys
+import time
 
 import jax
 import numpy as np
@@ -49,3 +50,14 @@ def main_command(workdir, data_dir, *overrides):
           '--config.demo=False', '--config.method=scratch', '--config.student.model=resnet8',
           f'--config.data_dir={data_dir}', '--config.batch_size=16', '--config.eval_batch_size=64',
           '--config.checkpoint_every_steps=2', '--config.log_every_steps=2', *overrides]
+
+
+def wait_until(proc, predicate, timeout=240):
+  """Polls `predicate()` while the subprocess `proc` runs (to signal it mid-training)."""
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None and not predicate():
+    time.sleep(0.05)
+
+
+def saved_steps(checkpoint_dir):
+  return [int(p.name) for p in checkpoint_dir.glob('*') if p.name.isdigit()]

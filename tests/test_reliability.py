@@ -4,14 +4,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 
 import jax
 import numpy as np
 import pytest
 from conftest import REFERENCE_DIR
-from helpers import REPO, digits_config, final_params, main_command
+from helpers import REPO, digits_config, final_params, main_command, saved_steps, wait_until
 
 from oracle_jax import checkpoints, data, metrics_io, train, validation
 
@@ -22,15 +21,11 @@ def test_sigterm_saves_then_resume_is_exact(digits_data_dir, tmp_path):
   proc = subprocess.Popen(main_command(workdir, digits_data_dir, *overrides),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   metrics = workdir / 'metrics.jsonl'
-  deadline = time.time() + 240
-  while time.time() < deadline and proc.poll() is None:
-    if metrics.exists() and metrics.read_text().count('\n') >= 2:
-      break
-    time.sleep(0.05)
+  wait_until(proc, lambda: metrics.exists() and metrics.read_text().count('\n') >= 2)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 143, err.decode()[-2000:]
-  saved = [int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()]
+  saved = saved_steps(workdir / 'checkpoints')
   assert len(saved) == 1 and 4 <= saved[0] < 30  # saved at the signal, not periodically
   subprocess.run(main_command(workdir, digits_data_dir, *overrides), check=True, capture_output=True)
   config = digits_config(digits_data_dir, method='scratch', train_steps=30, checkpoint_every_steps=1000)

@@ -4,13 +4,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 from conftest import REFERENCE_DIR
-from helpers import REPO, assert_trees_close, digits_config, final_params, main_command
+from helpers import (REPO, assert_trees_close, digits_config, final_params, main_command,
+                     saved_steps, wait_until)
 
 from oracle_jax import checkpoints, parallel, train
 
@@ -78,16 +78,11 @@ def test_sigkill_and_resume_equals_uninterrupted(digits_data_dir, tmp_path):
   proc = subprocess.Popen(main_command(workdir, digits_data_dir, *overrides),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpt = workdir / 'checkpoints'
-  deadline = time.time() + 240
-  while time.time() < deadline and proc.poll() is None:
-    steps = [int(p.name) for p in ckpt.glob('*') if p.name.isdigit()] if ckpt.exists() else []
-    if steps and max(steps) >= 6:
-      break
-    time.sleep(0.05)
+  wait_until(proc, lambda: max(saved_steps(ckpt), default=0) >= 6)
   assert proc.poll() is None, 'the run finished before it could be killed'
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  killed_at = max(int(p.name) for p in ckpt.glob('*') if p.name.isdigit())
+  killed_at = max(saved_steps(ckpt))
   assert 6 <= killed_at < 24
   subprocess.run(main_command(workdir, digits_data_dir, *overrides), check=True, capture_output=True)
   config = digits_config(digits_data_dir, method='scratch', train_steps=24)
