@@ -39,6 +39,6 @@ class CifarResNet(nn.Module):
                        name=f'layer{stage}_{i}')(x)
       feats[f'stage{stage}'] = x
     pooled = layers.global_avg_pool(x)
-    logits = layers.classifier(self.num_classes, self.widths[-1], dtype=self.dtype)(pooled)
+    logits = layers.classifier(self.num_classes, self.widths[-1])(pooled)
     feats.update(pooled=pooled, logits=logits)
     return (logits, feats) if return_features else logits

@@ -40,6 +40,6 @@ class ImageNetResNet(nn.Module):
                        name=f'layer{stage}_{i}')(x)
       feats[f'stage{stage}'] = x
     pooled = layers.global_avg_pool(x)
-    logits = layers.classifier(self.num_classes, x.shape[-1], dtype=self.dtype)(pooled)
+    logits = layers.classifier(self.num_classes, x.shape[-1])(pooled)
     feats.update(pooled=pooled, logits=logits)
     return (logits, feats) if return_features else logits

@@ -84,9 +84,9 @@ def conv(features, kernel_size, stride=1, *, name, dtype, conv_general_dilated=N
                  dtype=dtype, param_dtype=jnp.float32, name=name, **kwargs)
 
 
-def classifier(num_classes, fan_in, *, dtype, name='fc'):
-  """The final Linear layer with PyTorch's default init (logits computed in float32)."""
-  del dtype  # logits stay float32 so softmax/KD are computed accurately
+def classifier(num_classes, fan_in, *, name='fc'):
+  """The final Linear layer with PyTorch's default init; float32 whatever the model's
+  dtype, so softmax, KD and the oracle gradient start from accurate logits."""
   return nn.Dense(num_classes, kernel_init=nn.initializers.variance_scaling(
       1.0 / 3, 'fan_in', 'uniform'), bias_init=torch_linear_bias_init(fan_in),
                   dtype=jnp.float32, name=name)

@@ -50,6 +50,6 @@ class WideResNet(nn.Module):
       feats[f'stage{stage}'] = x
     x = nn.relu(layers.BatchNorm(not train, dtype=self.dtype, name='bn1')(x))
     pooled = layers.global_avg_pool(x)
-    logits = layers.classifier(self.num_classes, widths[-1], dtype=self.dtype)(pooled)
+    logits = layers.classifier(self.num_classes, widths[-1])(pooled)
     feats.update(pooled=pooled, logits=logits)
     return (logits, feats) if return_features else logits
