@@ -18,16 +18,23 @@ def load(folder):
 
 
 def variant(rec):
+  """The --conv_impl token (it implies the XLA options, see launch/benchmark.py)."""
   name = rec.get('conv_impl') or ''
-  if rec.get('xla_options'):
-    name += ' ' + json.dumps(rec['xla_options'])
+  if rec.get('devices', 1) != 1:
+    name += f" ×{rec['devices']} devices"
   return name
+
+
+def clean(rec):
+  """'clean/timed steps, other processes' mean cores' — a run with few clean steps was
+  timed on a busy machine and its figure is suspect."""
+  return f"{rec.get('n_clean')}/{rec.get('n_timed')}, {rec.get('others_cores')}"
 
 
 def steps_table(runs):
   rows = ['| teacher→student | batch | kind | conv | ms | img/s | × torch official | '
           '× torch frozen | × torch same kind | GFLOP | GFLOP/s | % peak | compile s | '
-          'recompiled |', '|' + '---|' * 14]
+          'recompiled | clean steps, others |', '|' + '---|' * 15]
   for name, recs in runs.items():
     if not name.startswith('steps_'):
       continue
@@ -45,18 +52,24 @@ def steps_table(runs):
           f"{ratio('oracle_frozen') if r['kind'] == 'oracle' else ''} | "
           f"{ratio(same) if same else ''} | {r['gflop_per_step']:.1f} | {r['gflop_per_s']:.0f} | "
           f"{100 * r['gflop_per_s'] / peak if peak else float('nan'):.0f} | "
-          f"{r['compile_s']:.1f} | {r['recompiled']} |")
+          f"{r['compile_s']:.1f} | {r['recompiled']} | {clean(r)} |")
     for k, t in torch.items():
       rows.append(f"| {t['teacher'] or '—'}→{t['student']} | {t['batch']} | torch {k} | | "
-                  f"{t['ms_median']:.0f} | {t['img_per_s']:.0f} | | | | | | | | |")
+                  f"{t['ms_median']:.0f} | {t['img_per_s']:.0f} | | | | | | | | | {clean(t)} |")
     if peak:
-      rows.append(f"| (float32 GEMM peak this run: {peak} GFLOP/s) |" + ' |' * 13)
+      rows.append(f"| (float32 GEMM peak this run: {peak} GFLOP/s) |" + ' |' * 14)
+    ours = {(r['kind'], variant(r)): r for r in recs if r.get('framework') == 'jax'}
+    for (kind, v), r in ours.items():
+      kd = ours.get(('kd', v))
+      if kind == 'oracle' and kd:  # issue 8: time ratio over FLOP ratio, oracle vs KD
+        cost = (r['ms_median'] / kd['ms_median']) / (r['gflop_per_step'] / kd['gflop_per_step'])
+        rows.append(f"| (oracle vs kd, {v}: time ratio / FLOP ratio = {cost:.2f}) |" + ' |' * 14)
   return '\n'.join(rows)
 
 
 def reinforce_table(runs):
-  rows = ['| teacher | batch | conv | forward ms | reinforce ms | reinforce / forward |',
-          '|---|---|---|---|---|---|']
+  rows = ['| teacher | batch | conv | forward ms | reinforce ms | reinforce / forward | '
+          'clean steps, others |', '|---|---|---|---|---|---|---|']
   for name, recs in runs.items():
     if not name.startswith('reinforce_'):
       continue
@@ -68,21 +81,22 @@ def reinforce_table(runs):
       if 'forward' in k and 'reinforce' in k:
         f, g = k['forward'], k['reinforce']
         rows.append(f"| {f['teacher']} | {f['batch']} | {v} | {f['ms_median']:.1f} | "
-                    f"{g['ms_median']:.1f} | {g['ms_median'] / f['ms_median']:.2f} |")
+                    f"{g['ms_median']:.1f} | {g['ms_median'] / f['ms_median']:.2f} | "
+                    f"{clean(f)}; {clean(g)} |")
   return '\n'.join(rows)
 
 
 def devices_table(runs):
-  rows = ['| devices | conv | ms | img/s | HLO GFLOP (all devices) | all-reduces | compile s |',
-          '|---|---|---|---|---|---|---|']
+  rows = ['| devices | conv | ms | img/s | HLO GFLOP (all devices) | all-reduces | compile s | '
+          'clean steps, others |', '|---|---|---|---|---|---|---|---|']
   for name, recs in sorted(runs.items(), key=lambda kv: kv[0]):
     if not name.startswith('devices_'):
       continue
     for r in recs:
       if r.get('framework') == 'jax':
-        rows.append(f"| {r['devices']} | {variant(r)} | {r['ms_median']:.0f} | "
+        rows.append(f"| {r['devices']} | {r['conv_impl']} | {r['ms_median']:.0f} | "
                     f"{r['img_per_s']:.0f} | {r['gflop_per_step']:.1f} | {r['all_reduces']} | "
-                    f"{r['compile_s']:.1f} |")
+                    f"{r['compile_s']:.1f} | {clean(r)} |")
   return '\n'.join(rows)
 
 

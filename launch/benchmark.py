@@ -91,6 +91,9 @@ def parse_args(argv=None):
                  help='a step is clean if other processes used <= this many cores')
   p.add_argument('--quiet-wait', dest='quiet_wait', type=float, default=5.0,
                  help='max seconds to wait for a quiet moment before timing a kind')
+  p.add_argument('--retries', type=int, default=2,
+                 help='re-time a kind (after waiting up to 60 s for quiet) while fewer than '
+                      'half of its steps were clean; the attempt with most clean steps counts')
   p.add_argument('--seed', type=int, default=0)
   args = p.parse_args(argv)
   args.kinds = [k.strip() for k in args.kinds.split(',') if k.strip()]
@@ -341,11 +344,24 @@ class Variant:
     return rec
 
 
-def time_interleaved(variants, args, batch_size):
+def with_retries(measure, args):
+  """`measure(quiet_wait)` -> records; repeated (waiting longer for a quiet machine)
+  while a record has fewer than half its steps clean. Keeps the cleanest attempt."""
+  best = measure(args.quiet_wait)
+  for _ in range(args.retries):
+    if min(r['n_clean'] for r in best) >= max(3, args.steps // 2):
+      break
+    again = measure(max(args.quiet_wait, 60.0))
+    if min(r['n_clean'] for r in again) > min(r['n_clean'] for r in best):
+      best = again
+  return best
+
+
+def time_interleaved(variants, args, batch_size, quiet_wait):
   """Times variants round-robin, one step each per round, so that the machine's load
   drifts hit all of them alike; a step is clean when others used <= --other-max cores."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  wait_quiet(args.quiet_wait, args.other_max)
+  wait_quiet(quiet_wait, args.other_max)
   times = [[] for _ in variants]
   clean = [[] for _ in variants]
   other = [0] * len(variants)
@@ -432,12 +448,12 @@ def measure_peak(args, repeats=20, n=2048):
           'gflop_per_s': round(2 * n**3 / best / 1e9, 1), 'ms_min': round(best * 1e3, 3)}
 
 
-def run_torch(args, kinds):
+def run_torch(args, kinds, quiet_wait):
   cmd = [sys.executable, TORCH_REFERENCE, '--teacher', args.teacher, '--student', args.student,
          '--batch', str(args.batch), '--classes', str(args.classes), '--kinds', ','.join(kinds),
          '--steps', str(args.steps), '--threads', '2', '--gamma', str(args.gamma),
          '--T', str(args.T), '--other-max', str(args.other_max),
-         '--quiet-wait', str(args.quiet_wait)]
+         '--quiet-wait', str(quiet_wait)]
   out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
   return [json.loads(line) for line in out.splitlines() if line.startswith('{')]
 
@@ -480,16 +496,16 @@ def main(argv=None):
       continue
     prepared = [Variant(setups[d], kind, c, {**parse_conv(c)[2], **o}, counter)
                 for c, o, d in variants]
-    timings = time_interleaved(prepared, args, args.batch)
+    timings = with_retries(lambda wait: time_interleaved(prepared, args, args.batch, wait),
+                           args)
     recs = [v.record(t, setups[d], peak) for (_, _, d), v, t in zip(variants, prepared, timings)]
-    del prepared
     for name, rec in zip(names, recs):
       results[kind, name] = rec
       emit(rec)
     for name, rec in zip(names[1:], recs[1:]):
       ratio(f'{kind}:{name}/{names[0]}', rec, recs[0], kind=kind)
     if args.compare_torch and kind in TORCH_KINDS:
-      for theirs in run_torch(args, TORCH_KINDS[kind]):
+      for theirs in with_retries(lambda wait: run_torch(args, TORCH_KINDS[kind], wait), args):
         emit(theirs)
         for name, rec in zip(names, recs):
           ratio(f'{kind}/{theirs["kind"]}', rec, theirs, kind=kind, variant=name)

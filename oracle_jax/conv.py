@@ -46,7 +46,8 @@ def chunked_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers)
   if isinstance(padding, str):  # as lax.conv_general_dilated resolves it
-    window = [(k - 1) * d + 1 for k, d in zip(np.take(rhs.shape, dn.rhs_spec[2:]), rhs_dilation)]
+    kernel = np.take(rhs.shape, dn.rhs_spec[2:])
+    window = [(k - 1) * d + 1 for k, d in zip(kernel, rhs_dilation)]
     padding = lax.padtype_to_pads(np.take(lhs.shape, dn.lhs_spec[2:]), window,
                                   window_strides, padding)
   params = dict(window_strides=tuple(window_strides),
