@@ -69,7 +69,7 @@ def parse_args(argv=None):
   p.add_argument('--kinds', default='student,kd,oracle', help='comma list of: ' + ','.join(KINDS))
   p.add_argument('--steps', type=int, default=20, help='clean timed steps wanted per kind')
   p.add_argument('--warmup', type=int, default=3, help='untimed steps first (>= 2)')
-  p.add_argument('--conv_impl', default='default',
+  p.add_argument('--conv_impl', default='auto',
                  help="comma list of oracle_jax.conv implementations ('default', 'chunked', "
                       "'auto'; 'chunked:8' = chunk size 8; '/noopts' without, '/cpuopts' with "
                       "conv.CPU_COMPILER_OPTIONS); several are timed interleaved")

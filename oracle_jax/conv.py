@@ -168,21 +168,27 @@ CPU_COMPILER_OPTIONS = {
 }
 
 
-def resolve(name: str, backend: Optional[str] = None) -> str:
-  """'auto' → 'chunked' on CPU, 'default' elsewhere (GPU/TPU convolution libraries
-  compute whole-batch weight gradients well); other names are returned checked."""
+def resolve(name: str, backend: Optional[str] = None,
+            device_count: Optional[int] = None) -> str:
+  """'auto' → 'chunked' on a single CPU device, 'default' elsewhere: GPU/TPU libraries
+  compute whole-batch weight gradients well, and with several (simulated) CPU devices
+  the per-device batches are already small and the devices already run in parallel
+  (chunked is 0.76-1.0x there, benchmarks/README.md). Other names are returned checked."""
   if name not in NAMES:
     raise ValueError(f'Unknown conv_impl {name!r}; choose one of: {", ".join(NAMES)}.')
   if name == 'auto':
-    return 'chunked' if (backend or jax.default_backend()) == 'cpu' else 'default'
+    backend = backend or jax.default_backend()
+    device_count = jax.device_count() if device_count is None else device_count
+    return 'chunked' if backend == 'cpu' and device_count == 1 else 'default'
   return name
 
 
-def get(name: str, chunk_size: Optional[int] = None) -> Optional[Callable]:
+def get(name: str, chunk_size: Optional[int] = None,
+        device_count: Optional[int] = None) -> Optional[Callable]:
   """The convolution a config names, for `models.create(..., conv_impl=...)`:
   'default' → None (Flax's own `lax` call), 'chunked' → `chunked_conv_general_dilated`
-  with `chunk_size` (default `DEFAULT_CHUNK_SIZE`), 'auto' → 'chunked' on CPU."""
-  impl = IMPLEMENTATIONS[resolve(name)]
+  with `chunk_size` (default `DEFAULT_CHUNK_SIZE`), 'auto' → see `resolve`."""
+  impl = IMPLEMENTATIONS[resolve(name, device_count=device_count)]
   if impl is None:
     return None
   chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
@@ -191,11 +197,24 @@ def get(name: str, chunk_size: Optional[int] = None) -> Optional[Callable]:
   return functools.partial(impl, chunk_size=chunk_size)
 
 
-def compiler_options(name: str, backend: Optional[str] = None) -> dict:
+def compiler_options(name: str, backend: Optional[str] = None,
+                     device_count: Optional[int] = None) -> dict:
   """XLA compile options that go with `name`, for `jax.jit(..., compiler_options=...)`:
-  on CPU, 'chunked' (and 'auto') also moves convolutions to XLA's multi-threaded kernels;
-  'default' keeps XLA's defaults; other backends get {}."""
+  on CPU, 'chunked' also moves convolutions to XLA's multi-threaded kernels; 'default'
+  keeps XLA's defaults; other backends get {}."""
   backend = backend or jax.default_backend()
-  if backend == 'cpu' and resolve(name, backend) == 'chunked':
+  if (backend == 'cpu' and resolve(name, backend, device_count) == 'chunked'
+      and _cpu_options_supported()):
     return dict(CPU_COMPILER_OPTIONS)
   return {}
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_options_supported() -> bool:
+  """False when this jaxlib's XLA does not know the options (they are experimental)."""
+  try:
+    x = jax.device_put(np.float32(0), jax.local_devices(backend='cpu')[0])
+    jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(x).compile()
+    return True
+  except Exception:  # pylint: disable=broad-except
+    return False

@@ -247,8 +247,10 @@ def test_fast_path_reproduces_two_official_sgd_steps():
 def test_get():
   assert conv.get('default') is None
   assert conv.get('chunked').func is conv.chunked_conv_general_dilated
-  assert conv.resolve('auto', 'cpu') == 'chunked' and conv.resolve('auto', 'gpu') == 'default'
+  assert conv.resolve('auto', 'cpu', 1) == 'chunked'
+  assert conv.resolve('auto', 'cpu', 8) == 'default' == conv.resolve('auto', 'gpu', 1)
   assert conv.compiler_options('chunked', 'cpu') == conv.CPU_COMPILER_OPTIONS
+  assert conv.compiler_options('auto', 'cpu', 8) == {}
   assert conv.compiler_options('chunked', 'gpu') == {} == conv.compiler_options('default', 'cpu')
   with pytest.raises(ValueError, match='Unknown conv_impl'):
     conv.get('fast')
