@@ -160,13 +160,15 @@ def eval_step(variables, batch, *, model, spec):
               logits, batch['label']) * mask)}
 
 
-def jit_train_step(mesh, state_sharding, **kwargs):
-  """The train step jitted once: batch sharded on `data`, state replicated and donated."""
+def jit_train_step(mesh, state_sharding, compiler_options=None, **kwargs):
+  """The train step jitted once: batch sharded on `data`, state replicated and donated.
+  `compiler_options`: XLA options for this program (`conv.compiler_options`)."""
   batch = parallel.batch_sharding(mesh)
   replicated = parallel.replicated(mesh)
   return jax.jit(functools.partial(train_step, **kwargs),
                  in_shardings=(state_sharding, replicated, batch, replicated),
-                 out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+                 out_shardings=(state_sharding, replicated), donate_argnums=(0,),
+                 compiler_options=compiler_options or None)
 
 
 def teacher_eval_step(teacher_variables, batch, *, config, teacher, spec):
@@ -183,9 +185,9 @@ def teacher_eval_step(teacher_variables, batch, *, config, teacher, spec):
           'count': jnp.sum(mask)}
 
 
-def jit_eval_step(step, mesh, **kwargs):
+def jit_eval_step(step, mesh, compiler_options=None, **kwargs):
   """An eval-style step `(variables, batch) -> sums`, jitted once over the mesh."""
   replicated = parallel.replicated(mesh)
   return jax.jit(functools.partial(step, **kwargs),
                  in_shardings=(replicated, parallel.batch_sharding(mesh)),
-                 out_shardings=replicated)
+                 out_shardings=replicated, compiler_options=compiler_options or None)

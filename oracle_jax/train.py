@@ -5,6 +5,7 @@
 automatically from the newest good checkpoint in `workdir`, saves on SIGTERM, and writes
 `results.json`. A scratch run also keeps its final model in `workdir/teacher`.
 """
+import functools
 import json
 import logging
 import math
@@ -40,8 +41,9 @@ def learning_rate_fn(config, steps_per_epoch, total_steps):
   return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), main], [warmup])
 
 
-def model_kwargs(model_config, dtype, conv_impl='default'):
-  kwargs = {'dtype': jax.numpy.dtype(dtype), 'conv_impl': conv.get(conv_impl)}
+def model_kwargs(model_config, dtype, conv_impl='default', device_count=None):
+  kwargs = {'dtype': jax.numpy.dtype(dtype),
+            'conv_impl': conv.get(conv_impl, device_count=device_count)}
   if model_config.get('small_stem'):
     kwargs['small_stem'] = True
   return kwargs
@@ -62,12 +64,16 @@ class Run:
     self.total_steps = config.train_steps or math.ceil(config.num_epochs * self.steps_per_epoch)
     self.lr_fn = learning_rate_fn(config, self.steps_per_epoch, self.total_steps)
     self.tx = distill.make_optimizer(config, self.lr_fn)
-    kwargs = model_kwargs(config.student, config.dtype, config.conv_impl)
-    self.student = models.create(config.student.model, self.spec.num_classes, **kwargs)
+    # The convolution and the XLA options that go with it depend on the mesh ('auto').
+    kwargs = functools.partial(model_kwargs, dtype=config.dtype, conv_impl=config.conv_impl,
+                               device_count=mesh.size)
+    self.compiler_options = conv.compiler_options(config.conv_impl, device_count=mesh.size)
+    self.student = models.create(config.student.model, self.spec.num_classes,
+                                 **kwargs(config.student))
     self.teacher = self.distiller = None
     if config.method != 'scratch':
       self.teacher = models.create(config.teacher.model, self.spec.num_classes,
-                                   **model_kwargs(config.teacher, config.dtype, config.conv_impl))
+                                   **kwargs(config.teacher))
       self.distiller = distillers.get(config)
 
   def init_state(self, seed):
@@ -90,16 +96,17 @@ class Run:
       train = distill.jit_train_step(
           self.mesh, sharding, config=self.config, student=self.student, teacher=self.teacher,
           spec=self.spec, learning_rate_fn=self.lr_fn, distiller=self.distiller,
-          steps_per_epoch=self.steps_per_epoch)
+          steps_per_epoch=self.steps_per_epoch, compiler_options=self.compiler_options)
       evaluate = distill.jit_eval_step(distill.eval_step, self.mesh, model=self.student,
-                                       spec=self.spec)
+                                       spec=self.spec, compiler_options=self.compiler_options)
       self._steps = (train, evaluate)  # pylint: disable=attribute-defined-outside-init
     return self._steps
 
   def evaluate_teacher(self, teacher_variables):
     """The frozen teacher's top-1 on x and (oracle on) on x* over the eval split."""
     step = distill.jit_eval_step(distill.teacher_eval_step, self.mesh, config=self.config,
-                                 teacher=self.teacher, spec=self.spec)
+                                 teacher=self.teacher, spec=self.spec,
+                                 compiler_options=self.compiler_options)
     return evaluate(self, step, teacher_variables)
 
 

@@ -4,7 +4,7 @@ import json
 
 import jax
 
-from oracle_jax import models
+from oracle_jax import conv, models
 
 METHODS = ('scratch', 'kd', 'fitnet', 'at', 'dkd', 'sad')
 DTYPES = ('float32', 'bfloat16')
@@ -45,6 +45,8 @@ def validate_config(config):
   _require(config.train_steps > 0 or config.num_epochs > 0,
            f'num_epochs must be > 0 when train_steps is 0, got {config.num_epochs}.')
   _require(config.dtype in DTYPES, f'dtype must be one of {DTYPES}, got {config.dtype!r}.')
+  _require(config.conv_impl in conv.NAMES,
+           f'conv_impl must be one of {conv.NAMES}, got {config.conv_impl!r}.')
   _require(config.optimizer.learning_rate > 0,
            f'optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}.')
   _require(config.method == 'scratch' or config.teacher.checkpoint,
