@@ -18,21 +18,22 @@ for pair in resnet56:resnet20 resnet20:resnet20; do
   for batch in 64 128; do
     t=${pair%:*}; s=${pair#*:}
     run "steps_${t}_${s}_b${batch}" --teacher="$t" --student="$s" --batch="$batch" \
-      --kinds=student,kd,oracle --conv_impl=default,chunked --steps="$STEPS" --peak --compare-torch
+      --kinds=student,kd,oracle --conv_impl=default,chunked,cpu --steps="$STEPS" --peak --compare-torch
   done
 done
 
 # Issue 7: what each change bought (stock XLA; chunked weight gradients alone; XLA's
-# multi-threaded convolutions alone; both = conv_impl 'chunked').
+# multi-threaded convolutions alone; both = conv_impl 'chunked'; plus paired narrow
+# convolutions = 'cpu', the default on one CPU device).
 run ablation_resnet56_resnet20_b64 --teacher=resnet56 --student=resnet20 --batch=64 \
-  --kinds=student,oracle --conv_impl=default,chunked/noopts,default/cpuopts,chunked \
+  --kinds=student,oracle --conv_impl=default,chunked/noopts,default/cpuopts,chunked,cpu \
   --steps="$STEPS" --peak
 
 # Issue 2: reinforce vs one teacher forward.
 for t in resnet20 resnet56; do
   for batch in 64 128; do
     run "reinforce_${t}_b${batch}" --teacher="$t" --batch="$batch" --kinds=forward,reinforce \
-      --conv_impl=default,chunked --steps="$STEPS"
+      --conv_impl=default,chunked,cpu --steps="$STEPS"
   done
 done
 
@@ -44,6 +45,6 @@ done
 # Issue 6: the oracle step on 1/2/4/8 simulated devices at a fixed global batch.
 XLA_FLAGS=--xla_force_host_platform_device_count=8 \
   run devices_resnet56_resnet20_b64 --teacher=resnet56 --student=resnet20 --batch=64 \
-    --kinds=oracle --conv_impl=default,chunked --devices=1,2,4,8 --steps=5
+    --kinds=oracle --conv_impl=default,cpu --devices=1,2,4,8 --steps=5
 
 python benchmarks/table.py "$OUT"

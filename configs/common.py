@@ -64,10 +64,11 @@ def base_config():
   c.keep_checkpoints = 2
   c.seed = 0
   c.dtype = 'float32'                   # 'bfloat16': compute in bf16, params/stats float32
-  # 'chunked': the same convolutions with a CPU-faster weight gradient and XLA's
-  # multi-threaded CPU convolutions (oracle_jax/conv.py); identical parameters and
-  # checkpoints, float32-rounding-level differences in gradients. 'auto': 'chunked' on a
-  # single CPU device, 'default' (XLA's own) on GPU/TPU and on several devices.
+  # 'cpu': the same convolutions computed faster on CPU (chunked weight gradients, paired
+  # narrow convolutions, XLA's multi-threaded kernels; oracle_jax/conv.py); identical
+  # parameters and checkpoints, float32-rounding-level differences in gradients.
+  # 'chunked': only the weight gradients. 'auto': 'cpu' on a single CPU device, 'default'
+  # (XLA's own) on GPU/TPU and on several devices.
   c.conv_impl = 'auto'
   c.overwrite = False                   # allow a workdir holding a run of another config
   return c

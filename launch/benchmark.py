@@ -2,7 +2,7 @@
 """Times the project's own training steps; one JSON line per measurement on stdout.
 
     python launch/benchmark.py --teacher=resnet56 --student=resnet20 --batch=64 \\
-        --classes=100 --kinds=student,kd,oracle --steps=20 [--conv_impl=default,chunked] \\
+        --classes=100 --kinds=student,kd,oracle --steps=20 [--conv_impl=default,chunked,cpu] \\
         [--peak] [--compare-torch] [--devices=1,2,4,8] [--dtype=bfloat16]
 
 Kinds (each the real code from `oracle_jax`, never a copy):
@@ -71,10 +71,10 @@ def parse_args(argv=None):
   p.add_argument('--warmup', type=int, default=3, help='untimed steps first (>= 2)')
   p.add_argument('--conv_impl', default='auto',
                  help="comma list of oracle_jax.conv implementations ('default', 'chunked', "
-                      "'auto'; 'chunked:8' = chunk size 8; '/noopts' without, '/cpuopts' with "
+                      "'cpu', 'auto'; 'cpu:8' = chunk size 8; '/noopts' without, '/cpuopts' with "
                       "conv.CPU_COMPILER_OPTIONS); several are timed interleaved")
   p.add_argument('--conv_chunk', type=int, default=None,
-                 help='examples per weight-gradient chunk of --conv_impl=chunked')
+                 help='examples per weight-gradient chunk of --conv_impl=chunked/cpu')
   p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
   p.add_argument('--gamma', type=float, default=1.0)
   p.add_argument('--T', type=float, default=4.0)
@@ -222,10 +222,9 @@ def parse_conv(token):
 
 
 def build_step(setup, kind, conv_name, options):
-  """(jitted function, its first arguments, advance(args, out) -> next args, name,
-  whether the jitted function itself carries the XLA compile `options`)."""
+  """(jitted function carrying the XLA compile `options`, its first arguments,
+  advance(args, out) -> next args, name)."""
   import functools  # pylint: disable=g-import-not-at-top
-  import inspect  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from configs import common  # pylint: disable=g-import-not-at-top
@@ -244,7 +243,7 @@ def build_step(setup, kind, conv_name, options):
     jitted = jax.jit(fn, in_shardings=(replicated, sharded, sharded), out_shardings=sharded,
                      compiler_options=options or None)
     # x stays float32, as in train_step: the models cast to --dtype inside
-    return jitted, (t_vars, setup.x, setup.batch['label']), None, kind, True
+    return jitted, (t_vars, setup.x, setup.batch['label']), None, kind
 
   config = common.base_config()
   config.batch_size, config.dtype = args.batch, args.dtype
@@ -258,16 +257,12 @@ def build_step(setup, kind, conv_name, options):
   t_vars = setup.teacher_variables(teacher) if teacher is not None else {}
   state_sharding = jax.tree.map(lambda _: replicated, state)
   distiller = None if config.method == 'scratch' else distillers.get(config)
-  # Once jit_train_step takes the options itself (the project's wiring), they are used
-  # there; until then the benchmark compiles the same jitted step ahead of time with them.
-  baked = 'compiler_options' in inspect.signature(distill.jit_train_step).parameters
-  extra = {'compiler_options': options or None} if baked else {}
   jitted = distill.jit_train_step(mesh, state_sharding, config=config, student=student,
                                   teacher=teacher, spec=setup.spec, learning_rate_fn=lr_fn,
-                                  distiller=distiller, **extra)
+                                  distiller=distiller, compiler_options=options)
   rng = jax.device_put(jax.random.key(0), replicated)
   advance = lambda a, out: (out[0],) + a[1:]  # the state is donated: feed back the new one
-  return jitted, (state, t_vars, setup.batch, rng), advance, 'train_step', baked or not options
+  return jitted, (state, t_vars, setup.batch, rng), advance, 'train_step'
 
 
 def hlo_stats(compiled):
@@ -285,12 +280,12 @@ class Variant:
     import jax  # pylint: disable=g-import-not-at-top
     args = setup.args
     self.kind, self.conv_name, self.options = kind, conv_name, options
-    jitted, fargs, self.advance, name, baked = build_step(setup, kind, conv_name, options)
+    jitted, fargs, self.advance, name = build_step(setup, kind, conv_name, options)
     before = counter.count(name)
     t0 = time.perf_counter()
     lowered = jitted.lower(*fargs)
     t1 = time.perf_counter()
-    compiled = lowered.compile() if baked else lowered.compile(compiler_options=options)
+    compiled = lowered.compile()
     t2 = time.perf_counter()
     text, flops, self.all_reduces = hlo_stats(compiled)
     if args.dump_hlo:
@@ -303,9 +298,8 @@ class Variant:
     # The program is SPMD: cost_analysis() describes one device's share.
     self.flops = flops * setup.num_devices
     self.compile_s, self.lower_s = t2 - t0, t1 - t0
-    # The jitted function itself runs (a recompilation would show in the compile count),
-    # unless it cannot carry the options: then the ahead-of-time executable runs.
-    self.run = jitted if baked else compiled
+    # The jitted function itself runs: a recompilation would show in the compile count.
+    self.run = jitted
     self.args = fargs
     self._jax = jax
     self.counter, self.name = counter, name

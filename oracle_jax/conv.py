@@ -9,12 +9,16 @@ go with it (see CPU_COMPILER_OPTIONS).
 convolution contracting over the whole batch (a YNNPACK fusion whose speed falls as that
 batch grows) and transposes both operands for it. `chunked_conv_general_dilated` keeps
 the forward pass and the input gradient exactly as `lax` computes them, and computes the
-weight gradient as a sum over batch chunks of that same weight-gradient convolution, with
-each operand transposed once into the layout the convolution reads (the chunks are then
-contiguous, so no per-chunk copies). Only the order of the float additions over the batch
+weight gradient as a sum over batch chunks of that same weight-gradient convolution, each
+chunk of each operand read once into the layout the convolution reads (XLA fuses the
+strided slice with the transpose). Only the order of the float additions over the batch
 changes (float32 rounding; the chunk sums accumulate in float32). It is plain JAX, so it
 is correct under `jit`, `vmap` and sharded `jit`; the chunks are strided slices of the
 global batch, so a batch sharded over devices needs no data movement.
+
+'cpu' ('auto' on one CPU device): 'chunked', and the forward pass and input gradient of
+narrow stride-1 convolutions (the 3-channel stem, 16-channel first stage of the CIFAR
+ResNets) computed by `paired_conv`, which gives XLA's kernels the wider GEMMs they need.
 """
 import functools
 from typing import Callable, Optional
@@ -35,9 +39,12 @@ def chunked_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation
                                  rhs_dilation=None, dimension_numbers=None,
                                  feature_group_count=1, batch_group_count=1,
                                  precision=None, preferred_element_type=None, *,
-                                 chunk_size=DEFAULT_CHUNK_SIZE, max_chunks=MAX_CHUNKS):
+                                 chunk_size=DEFAULT_CHUNK_SIZE, max_chunks=MAX_CHUNKS,
+                                 pair_narrow=False):
   """`lax.conv_general_dilated`, with the kernel gradient summed over ceil(batch /
-  chunk_size) chunks of the batch (at most `max_chunks`; sizes differ by at most one)."""
+  chunk_size) chunks of the batch (at most `max_chunks`; sizes differ by at most one);
+  with `pair_narrow`, narrow stride-1 convolutions (forward and input gradient) are
+  computed as width-paired convolutions (`paired_conv`)."""
   dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   spatial = lhs.ndim - 2
   lhs_dilation = tuple(lhs_dilation or (1,) * spatial)
@@ -57,30 +64,102 @@ def chunked_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation
                 precision=precision, preferred_element_type=preferred_element_type)
   batch = lhs.shape[dn.lhs_spec[0]]
   num_chunks = min(max_chunks, -(-batch // chunk_size))
-  if feature_group_count != 1 or batch_group_count != 1 or num_chunks < 2:
-    return lax.conv_general_dilated(lhs, rhs, **params)  # nothing to chunk
-  return _conv(lhs, rhs, tuple(sorted(params.items())), num_chunks)
+  pairs = pair_narrow and pair_factor(lhs.shape, rhs.shape, params) > 1
+  if feature_group_count != 1 or batch_group_count != 1 or (num_chunks < 2 and not pairs):
+    return lax.conv_general_dilated(lhs, rhs, **params)  # nothing to chunk or pair
+  return _conv(lhs, rhs, tuple(sorted(params.items())), num_chunks, pair_narrow)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv(lhs, rhs, params, num_chunks):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(lhs, rhs, params, num_chunks, pair_narrow):
   del num_chunks
-  return lax.conv_general_dilated(lhs, rhs, **dict(params))
+  return _forward(lhs, rhs, dict(params), pair_narrow)
 
 
-def _conv_fwd(lhs, rhs, params, num_chunks):
-  return _conv(lhs, rhs, params, num_chunks), (lhs, rhs)
+def _conv_fwd(lhs, rhs, params, num_chunks, pair_narrow):
+  return _conv(lhs, rhs, params, num_chunks, pair_narrow), (lhs, rhs)
 
 
-def _conv_bwd(params, num_chunks, residuals, g):
+def _conv_bwd(params, num_chunks, pair_narrow, residuals, g):
   lhs, rhs = residuals
   p = dict(params)
-  _, lhs_vjp = jax.vjp(lambda l: lax.conv_general_dilated(l, rhs, **p), lhs)
-  (d_lhs,) = lhs_vjp(g)  # the input gradient exactly as lax computes it
+  d_lhs = _input_gradient(g, lhs, rhs, p, pair_narrow)
+  if num_chunks < 2:
+    _, rhs_vjp = jax.vjp(lambda r: lax.conv_general_dilated(lhs, r, **p), rhs)
+    return d_lhs, rhs_vjp(g)[0]
   return d_lhs, chunked_kernel_gradient(lhs, g, rhs.shape, rhs.dtype, p, num_chunks)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _forward(lhs, rhs, p, pair_narrow):
+  pairs = pair_factor(lhs.shape, rhs.shape, p) if pair_narrow else 1
+  if pairs > 1:
+    return paired_conv(lhs, rhs, p, pairs)
+  return lax.conv_general_dilated(lhs, rhs, **p)
+
+
+def _input_gradient(g, lhs, rhs, p, pair_narrow):
+  """d(sum(conv(lhs, rhs) * g))/d lhs. A stride-1 'same-size' convolution's input
+  gradient is itself one (the kernel turned 180° with in/out channels swapped, the
+  padding mirrored), so it can be paired too; otherwise lax's own."""
+  if pair_narrow and _is_same_size_nhwc(lhs.shape, rhs.shape, p):
+    kh, kw = rhs.shape[:2]
+    (top, bottom), (left, right) = p['padding']
+    turned = jnp.flip(rhs, (0, 1)).swapaxes(2, 3)
+    mirrored = dict(p, padding=((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)))
+    return _forward(g, turned, mirrored, pair_narrow).astype(lhs.dtype)
+  _, lhs_vjp = jax.vjp(lambda l: lax.conv_general_dilated(l, rhs, **p), lhs)
+  return lhs_vjp(g)[0]  # the input gradient exactly as lax computes it
+
+
+NHWC_SPECS = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # flax.linen.Conv's NHWC/HWIO/NHWC
+
+
+def _is_same_size_nhwc(lhs_shape, rhs_shape, p):
+  """An NHWC 2-D convolution with stride 1, no dilation, no groups, whose output has the
+  input's height and width (e.g. 3x3 with padding 1)."""
+  dn = p['dimension_numbers']
+  return (len(lhs_shape) == 4 and (dn.lhs_spec, dn.rhs_spec, dn.out_spec) == NHWC_SPECS
+          and p['window_strides'] == (1, 1) and p['lhs_dilation'] == (1, 1)
+          and p['rhs_dilation'] == (1, 1) and p['feature_group_count'] == 1
+          and p['batch_group_count'] == 1
+          and all(lo + hi == k - 1 for (lo, hi), k in zip(p['padding'], rhs_shape[:2])))
+
+
+# Output channels a paired convolution aims for: XLA:CPU's convolutions reach 40-60 % of
+# the GEMM speed they reach at 32+ channels when the output has 3 or 16 (benchmarks/).
+PAIRED_CHANNELS = 32
+MAX_PAIRS = 4
+
+
+def pair_factor(lhs_shape, rhs_shape, p) -> int:
+  """How many horizontally adjacent output pixels `paired_conv` merges (1 = none): the
+  smallest power of two that gives >= PAIRED_CHANNELS output channels, at most MAX_PAIRS,
+  dividing the width."""
+  if not _is_same_size_nhwc(lhs_shape, rhs_shape, p):
+    return 1
+  pairs, c_out, width = 1, rhs_shape[3], lhs_shape[2]
+  while pairs < MAX_PAIRS and pairs * c_out < PAIRED_CHANNELS and width % (2 * pairs) == 0:
+    pairs *= 2
+  return pairs
+
+
+def paired_conv(lhs, rhs, p, pairs):
+  """A same-size stride-1 NHWC convolution computed with `pairs` adjacent output pixels
+  of a row as one pixel of `pairs`·C_out channels: a convolution of width kw + pairs - 1
+  and stride `pairs` along the row, whose kernel holds the original kernel at `pairs`
+  offsets (zeros elsewhere). Its output [N, H, W/pairs, pairs·C_out] *is* the NHWC
+  result in memory (a free reshape). Each output is the same sum of the same products in
+  the same order, plus exact zeros; the (pairs + kw - 1)/kw times more multiply-adds
+  run at GEMM widths XLA:CPU handles much better: 1.2x for 16 channels, 1.6-2.9x for the
+  stem's 3 (benchmarks/README.md)."""
+  kh, kw, c_in, c_out = rhs.shape
+  shifted = [jnp.pad(rhs, ((0, 0), (d, pairs - 1 - d), (0, 0), (0, 0))) for d in range(pairs)]
+  kernel = jnp.stack(shifted, axis=3).reshape(kh, kw + pairs - 1, c_in, pairs * c_out)
+  y = lax.conv_general_dilated(lhs, kernel, **dict(p, window_strides=(1, pairs)))
+  return y.reshape(*y.shape[:2], y.shape[2] * pairs, c_out)
 
 
 def chunked_kernel_gradient(lhs, g, rhs_shape, rhs_dtype, p, num_chunks):
@@ -152,8 +231,10 @@ def _vjp_rhs_padding(in_shape, window, strides, out_shape, padding, lhs_dilation
 
 IMPLEMENTATIONS = {
     'default': None,  # flax.linen.Conv's own `lax.conv_general_dilated`
-    'chunked': chunked_conv_general_dilated,
+    'chunked': functools.partial(chunked_conv_general_dilated, pair_narrow=False),
+    'cpu': functools.partial(chunked_conv_general_dilated, pair_narrow=True),
 }
+CPU_TUNED = ('chunked', 'cpu')  # the names that go with CPU_COMPILER_OPTIONS
 NAMES = ('auto',) + tuple(IMPLEMENTATIONS)
 
 # XLA:CPU runs its YNNPACK convolution kernels on one thread (on this machine: CPU time /
@@ -170,24 +251,26 @@ CPU_COMPILER_OPTIONS = {
 
 def resolve(name: str, backend: Optional[str] = None,
             device_count: Optional[int] = None) -> str:
-  """'auto' → 'chunked' on a single CPU device, 'default' elsewhere: GPU/TPU libraries
-  compute whole-batch weight gradients well, and with several (simulated) CPU devices
-  the per-device batches are already small and the devices already run in parallel
-  (chunked is 0.76-1.0x there, benchmarks/README.md). Other names are returned checked."""
+  """'auto' → 'cpu' on a single CPU device, 'default' elsewhere: GPU/TPU libraries
+  compute whole-batch weight gradients and narrow convolutions well, and with several
+  (simulated) CPU devices the per-device batches are already small and the devices
+  already run in parallel (chunked is 0.76-1.0x there, benchmarks/README.md). Other
+  names are returned checked."""
   if name not in NAMES:
     raise ValueError(f'Unknown conv_impl {name!r}; choose one of: {", ".join(NAMES)}.')
   if name == 'auto':
     backend = backend or jax.default_backend()
     device_count = jax.device_count() if device_count is None else device_count
-    return 'chunked' if backend == 'cpu' and device_count == 1 else 'default'
+    return 'cpu' if backend == 'cpu' and device_count == 1 else 'default'
   return name
 
 
 def get(name: str, chunk_size: Optional[int] = None,
         device_count: Optional[int] = None) -> Optional[Callable]:
   """The convolution a config names, for `models.create(..., conv_impl=...)`:
-  'default' → None (Flax's own `lax` call), 'chunked' → `chunked_conv_general_dilated`
-  with `chunk_size` (default `DEFAULT_CHUNK_SIZE`), 'auto' → see `resolve`."""
+  'default' → None (Flax's own `lax` call); 'chunked' → `chunked_conv_general_dilated`
+  with `chunk_size` (default `DEFAULT_CHUNK_SIZE`); 'cpu' → the same with narrow
+  convolutions paired (`paired_conv`); 'auto' → see `resolve`."""
   impl = IMPLEMENTATIONS[resolve(name, device_count=device_count)]
   if impl is None:
     return None
@@ -200,10 +283,10 @@ def get(name: str, chunk_size: Optional[int] = None,
 def compiler_options(name: str, backend: Optional[str] = None,
                      device_count: Optional[int] = None) -> dict:
   """XLA compile options that go with `name`, for `jax.jit(..., compiler_options=...)`:
-  on CPU, 'chunked' also moves convolutions to XLA's multi-threaded kernels; 'default'
-  keeps XLA's defaults; other backends get {}."""
+  on CPU, 'chunked' and 'cpu' also move convolutions to XLA's multi-threaded kernels;
+  'default' keeps XLA's defaults; other backends get {}."""
   backend = backend or jax.default_backend()
-  if (backend == 'cpu' and resolve(name, backend, device_count) == 'chunked'
+  if (backend == 'cpu' and resolve(name, backend, device_count) in CPU_TUNED
       and _cpu_options_supported()):
     return dict(CPU_COMPILER_OPTIONS)
   return {}

@@ -75,7 +75,7 @@ def prepare_workdir(config, workdir):
   is this config's (resumable)."""
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / '.write_test'
+    probe = workdir / f'.write_test.{jax.process_index()}'  # processes probe at once
     probe.write_text('ok')
     probe.unlink()
   except OSError as e:

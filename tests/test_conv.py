@@ -72,20 +72,61 @@ def _assert_close(got, want, rtol=1e-5, atol=1e-5):
 
 @pytest.mark.parametrize('case', sorted(CASES))
 @pytest.mark.parametrize('batch,chunk', [(10, 4), (7, 3), (6, 16)])
-def test_value_and_gradients_equal_lax(case, batch, chunk):
-  """Batches not divisible by the chunk (10 in 3 chunks, 7 in 3) and one below it."""
+@pytest.mark.parametrize('impl', ['chunked', 'cpu'])
+def test_value_and_gradients_equal_lax(impl, case, batch, chunk):
+  """Batches not divisible by the chunk (10 in 3 chunks, 7 in 3) and one below it; with
+  'cpu' the 3x3 stride-1 case (6 output channels) runs paired, 4 pixels per row."""
   kernel, stride, padding = CASES[case]
   x, w, _ = _operands(batch, kernel)
   want = _jit_value_and_grads(lax.conv_general_dilated, x, w, _rng(), stride, padding)
-  got = _jit_value_and_grads(conv.get('chunked', chunk), x, w, _rng(), stride, padding)
-  np.testing.assert_array_equal(got[0], want[0])  # forward: the same XLA convolution
-  np.testing.assert_array_equal(got[1], want[1])  # input gradient: likewise
-  _assert_close(got[2:], want[2:])                # kernel gradient: summed per chunk
+  got = _jit_value_and_grads(conv.get(impl, chunk), x, w, _rng(), stride, padding)
+  if impl == 'chunked':
+    np.testing.assert_array_equal(got[0], want[0])  # forward: the same XLA convolution
+    np.testing.assert_array_equal(got[1], want[1])  # input gradient: likewise
+  else:  # the same products plus exact zeros: equal up to the order of float additions
+    _assert_close(got[:2], want[:2], rtol=1e-6, atol=1e-6)
+  _assert_close(got[2:], want[2:])                  # kernel gradient: summed per chunk
+
+
+@pytest.mark.parametrize('c_in,c_out,size', [(3, 16, 32), (16, 3, 32), (16, 16, 32),
+                                              (32, 32, 16), (5, 6, 12)])
+def test_paired_convolution(c_in, c_out, size):
+  """The CIFAR ResNet shapes: stem (3→16) and its input gradient (16→3) and the first
+  stage run paired; 32 channels do not; forward and input gradient equal lax's."""
+  x, w, _ = _operands(4, 3, c_in, c_out, size)
+  pads = ((1, 1), (1, 1))
+  params = dict(window_strides=(1, 1), padding=pads, lhs_dilation=(1, 1),
+                rhs_dilation=(1, 1), feature_group_count=1, batch_group_count=1,
+                dimension_numbers=lax.conv_dimension_numbers(x.shape, w.shape, NHWC))
+  want_pairs = {3: 4, 6: 4, 16: 2, 32: 1}[c_out]
+  assert conv.pair_factor(x.shape, w.shape, params) == want_pairs
+  jaxpr = str(jax.make_jaxpr(lambda x, w: conv.get('cpu')(
+      x, w, (1, 1), pads, dimension_numbers=NHWC))(x, w))
+  assert ('window_strides=(1, 2)' in jaxpr or 'window_strides=(1, 4)' in jaxpr) == (want_pairs > 1)
+  _assert_close(_jit_value_and_grads(conv.get('cpu'), x, w, _rng(), 1, pads)[:2],
+                _jit_value_and_grads(lax.conv_general_dilated, x, w, _rng(), 1, pads)[:2],
+                rtol=1e-6, atol=1e-6)
+
+
+def test_pairing_only_where_it_is_exact():
+  """Not paired: stride 2, a width the pair factor does not divide, an output smaller
+  than the input (VALID), NCHW."""
+  x, w, _ = _operands(4, 3, 3, 16, 8)
+  dn = lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
+  base = dict(window_strides=(1, 1), padding=((1, 1), (1, 1)), lhs_dilation=(1, 1),
+              rhs_dilation=(1, 1), feature_group_count=1, batch_group_count=1,
+              dimension_numbers=dn)
+  assert conv.pair_factor(x.shape, w.shape, base) == 2
+  assert conv.pair_factor(x.shape, w.shape, dict(base, window_strides=(2, 2))) == 1
+  assert conv.pair_factor((4, 8, 7, 3), w.shape, base) == 1
+  assert conv.pair_factor(x.shape, w.shape, dict(base, padding=((0, 0), (0, 0)))) == 1
+  nchw = lax.conv_dimension_numbers((4, 3, 8, 8), (16, 3, 3, 3), ('NCHW', 'OIHW', 'NCHW'))
+  assert conv.pair_factor((4, 3, 8, 8), (16, 3, 3, 3), dict(base, dimension_numbers=nchw)) == 1
 
 
 def test_other_padding_and_layouts():
   x, w, _ = _operands(9, 3)
-  fast = conv.get('chunked', chunk_size=4)
+  fast = conv.get('cpu', chunk_size=4)
   _assert_close(_jit_value_and_grads(fast, x, w, _rng(), 2, 'SAME'),
                 _jit_value_and_grads(lax.conv_general_dilated, x, w, _rng(), 2, 'SAME'))
   nchw, oihw = np.transpose(x, (0, 3, 1, 2)), np.transpose(w, (3, 2, 0, 1))
@@ -100,14 +141,14 @@ def test_dilated_kernel():
   f = lambda impl: jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(impl(
       x, w, (1, 1), ((2, 2), (2, 2)), rhs_dilation=(2, 2), dimension_numbers=NHWC))),
                                     (0, 1)))
-  _assert_close(f(conv.get('chunked', chunk_size=4))(x, w), f(lax.conv_general_dilated)(x, w))
+  _assert_close(f(conv.get('cpu', chunk_size=4))(x, w), f(lax.conv_general_dilated)(x, w))
 
 
 def test_bfloat16():
   x, w, _ = _operands(12, 3)
   pad = CASES['3x3_s1'][2]
   to_bf16 = lambda a: jnp.asarray(a, jnp.bfloat16)
-  got = _jit_value_and_grads(conv.get('chunked', chunk_size=5), to_bf16(x), to_bf16(w),
+  got = _jit_value_and_grads(conv.get('cpu', chunk_size=5), to_bf16(x), to_bf16(w),
                              _rng(), 1, pad)
   want = _jit_value_and_grads(lax.conv_general_dilated, to_bf16(x).astype(jnp.float32),
                               to_bf16(w).astype(jnp.float32), _rng(), 1, pad)
@@ -119,7 +160,7 @@ def test_resnet20_gradients_equal_default():
   x = np.random.default_rng(0).normal(size=(12, 16, 16, 3)).astype(np.float32)
   labels = np.arange(12) % 10
   default = models.create('resnet20', 10)
-  fast = models.create('resnet20', 10, conv_impl=conv.get('chunked', chunk_size=5))
+  fast = models.create('resnet20', 10, conv_impl=conv.get('cpu', chunk_size=5))
   variables = _random_variables(default, x.shape[1:], seed=1)
 
   def grads(model):
@@ -153,7 +194,7 @@ def test_sharded_over_devices(chunk):
   want = jax.jit(jax.grad(functools.partial(loss, lax.conv_general_dilated), (0, 1, 2)))(
       x, w, w2)
   batch, rep = NamedSharding(mesh, P('data')), NamedSharding(mesh, P())
-  sharded = jax.jit(jax.grad(functools.partial(loss, conv.get('chunked', chunk)), (0, 1, 2)),
+  sharded = jax.jit(jax.grad(functools.partial(loss, conv.get('cpu', chunk)), (0, 1, 2)),
                     in_shardings=(batch, rep, rep), out_shardings=(batch, rep, rep))
   got = sharded(jax.device_put(x, batch), w, w2)
   assert len(got[0].sharding.device_set) == len(jax.devices())
@@ -175,7 +216,7 @@ def test_train_step_does_not_recompile():
   config = common.base_config()
   config.batch_size = 16
   spec = data.dataset_spec('cifar10')
-  impl = conv.get('chunked', chunk_size=8)
+  impl = conv.get('cpu', chunk_size=8)
   student = models.create('resnet8', 10, conv_impl=impl)
   teacher = models.create('resnet8', 10, conv_impl=impl)
   lr_fn = optax.constant_schedule(0.05)
@@ -187,7 +228,7 @@ def test_train_step_does_not_recompile():
   step = distill.jit_train_step(mesh, jax.tree.map(lambda _: parallel.replicated(mesh), state),
                                 config=config, student=student, teacher=teacher, spec=spec,
                                 learning_rate_fn=lr_fn, distiller=distillers.get(config),
-                                compiler_options=conv.compiler_options('chunked', 'cpu'))
+                                compiler_options=conv.compiler_options('cpu', 'cpu'))
   rng = np.random.default_rng(0)
   log = _CompileLog()
   logger = logging.getLogger('jax')
@@ -212,15 +253,15 @@ def test_train_step_does_not_recompile():
 
 
 def test_fast_path_reproduces_two_official_sgd_steps():
-  """The real oracle-KD step with conv_impl='chunked' and its XLA options (multi-threaded
+  """The real oracle-KD step with conv_impl='cpu' and its XLA options (multi-threaded
   convolutions) still reproduces the official code's two SGD steps (tests/data/reference,
   the tolerances of test_train_step.py)."""
   z = np.load(REFERENCE_DIR / 'cifar100_r32_r20.npz')
   config = common.base_config()
   config.method, config.oracle.gamma, config.schedule.decay_epochs = 'kd', 1.0, ()
   spec = data.dataset_spec('cifar100')
-  student = models.create('resnet20', 100, conv_impl=conv.get('chunked'))
-  teacher = models.create('resnet32', 100, conv_impl=conv.get('chunked'))
+  student = models.create('resnet20', 100, conv_impl=conv.get('cpu'))
+  teacher = models.create('resnet32', 100, conv_impl=conv.get('cpu'))
   t_vars = torch_import.convert_state_dict(state_dict_from(z, 'teacher/'), 'resnet32', 100)
   s_vars = torch_import.convert_state_dict(state_dict_from(z, 'student/'), 'resnet20', 100)
   lr_fn = lambda step: config.optimizer.learning_rate
@@ -228,7 +269,7 @@ def test_fast_path_reproduces_two_official_sgd_steps():
   step = jax.jit(functools.partial(distill.train_step, config=config, student=student,
                                    teacher=teacher, spec=spec, learning_rate_fn=lr_fn,
                                    distiller=distillers.get(config)),
-                 compiler_options=conv.compiler_options('chunked', 'cpu'))
+                 compiler_options=conv.compiler_options('cpu', 'cpu'))
   images, y = z['images_uint8'], z['y']
   batches = [{'image': images, 'label': y},
              {'image': images[:, :, ::-1], 'label': np.roll(y, 1)}]
@@ -249,9 +290,11 @@ def test_fast_path_reproduces_two_official_sgd_steps():
 def test_get():
   assert conv.get('default') is None
   assert conv.get('chunked').func is conv.chunked_conv_general_dilated
-  assert conv.resolve('auto', 'cpu', 1) == 'chunked'
+  assert conv.get('cpu').keywords == {'pair_narrow': True, 'chunk_size': conv.DEFAULT_CHUNK_SIZE}
+  assert conv.resolve('auto', 'cpu', 1) == 'cpu'
   assert conv.resolve('auto', 'cpu', 8) == 'default' == conv.resolve('auto', 'gpu', 1)
   assert conv.compiler_options('chunked', 'cpu') == conv.CPU_COMPILER_OPTIONS
+  assert conv.compiler_options('cpu', 'cpu') == conv.CPU_COMPILER_OPTIONS
   assert conv.compiler_options('auto', 'cpu', 8) == {}
   assert conv.compiler_options('chunked', 'gpu') == {} == conv.compiler_options('default', 'cpu')
   with pytest.raises(ValueError, match='Unknown conv_impl'):

@@ -132,14 +132,16 @@ def test_auto_convolution_follows_the_mesh(digits_data_dir):
   assert one.compiler_options == conv.CPU_COMPILER_OPTIONS and eight.compiler_options == {}
   for model in (one.student, one.teacher):
     assert model.conv_impl.func is conv.chunked_conv_general_dilated
+    assert model.conv_impl.keywords['pair_narrow']
   assert eight.student.conv_impl is None and eight.teacher.conv_impl is None
 
 
 def test_chunked_convolutions_train_like_the_default(digits_data_dir, tmp_path):
-  """config.conv_impl='chunked' (the CPU-faster weight gradient) changes rounding only."""
+  """config.conv_impl='cpu' (chunked weight gradient, paired narrow convolutions) changes
+  rounding only."""
   params = {}
-  for impl in ('default', 'chunked'):
+  for impl in ('default', 'cpu'):
     config = digits_config(digits_data_dir, method='scratch', train_steps=4, conv_impl=impl)
     train.train_and_evaluate(config, str(tmp_path / impl))
     params[impl] = final_params(config, str(tmp_path / impl))
-  assert_trees_close(params['default'], params['chunked'], rtol=1e-3, atol=1e-5)
+  assert_trees_close(params['default'], params['cpu'], rtol=1e-3, atol=1e-5)
