@@ -177,10 +177,11 @@ def test_resnet20_gradients_equal_default():
                                err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.mark.parametrize('chunk', [4, 3])
+@pytest.mark.parametrize('chunk', [4, 6])
 def test_sharded_over_devices(chunk):
   """Batch sharded over all (8 virtual) devices: chunks of the global batch span device
-  boundaries (4 = two devices' halves, 3 = misaligned) and the result stays exact."""
+  boundaries (4 = two devices' halves, 6 = 3 chunks, misaligned and zero-padded) and the
+  result stays exact."""
   mesh = Mesh(np.asarray(jax.devices()), ('data',))
   n = 2 * len(jax.devices())
   x, w, rng = _operands(n, 3, c_in=4, c_out=8)
