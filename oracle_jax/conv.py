@@ -65,8 +65,9 @@ def chunked_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation
                 precision=precision, preferred_element_type=preferred_element_type)
   batch = lhs.shape[dn.lhs_spec[0]]
   num_chunks = min(max_chunks, -(-batch // chunk_size))
-  pairs = pair_narrow and pair_factor(lhs.shape, rhs.shape, params) > 1
-  if feature_group_count != 1 or batch_group_count != 1 or (num_chunks < 2 and not pairs):
+  # A same-size convolution pairs its forward pass, its input gradient or both.
+  paired = pair_narrow and _is_same_size_nhwc(lhs.shape, rhs.shape, params)
+  if feature_group_count != 1 or batch_group_count != 1 or (num_chunks < 2 and not paired):
     return lax.conv_general_dilated(lhs, rhs, **params)  # nothing to chunk or pair
   return _conv(lhs, rhs, tuple(sorted(params.items())), num_chunks, pair_narrow)
 

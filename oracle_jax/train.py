@@ -65,15 +65,15 @@ class Run:
     self.lr_fn = learning_rate_fn(config, self.steps_per_epoch, self.total_steps)
     self.tx = distill.make_optimizer(config, self.lr_fn)
     # The convolution and the XLA options that go with it depend on the mesh ('auto').
-    kwargs = functools.partial(model_kwargs, dtype=config.dtype, conv_impl=config.conv_impl,
-                               device_count=mesh.size)
+    options_of = functools.partial(model_kwargs, dtype=config.dtype,
+                                   conv_impl=config.conv_impl, device_count=mesh.size)
     self.compiler_options = conv.compiler_options(config.conv_impl, device_count=mesh.size)
     self.student = models.create(config.student.model, self.spec.num_classes,
-                                 **kwargs(config.student))
+                                 **options_of(config.student))
     self.teacher = self.distiller = None
     if config.method != 'scratch':
       self.teacher = models.create(config.teacher.model, self.spec.num_classes,
-                                   **kwargs(config.teacher))
+                                   **options_of(config.teacher))
       self.distiller = distillers.get(config)
 
   def init_state(self, seed):
