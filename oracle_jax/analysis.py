@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from oracle_jax import checkpoints
+from oracle_jax import conv
 from oracle_jax import data
 from oracle_jax import models
 from oracle_jax import oracle
@@ -239,8 +240,9 @@ def make_eval_step(model, spec, *, gammas, steps=1, reference_batch_size=64, num
 
 def evaluate(model, variables, batches, spec, *, gammas, global_batch_size, steps=1,
              reference_batch_size=64, num_bins=15, temperature=4.0, sample_size=2000,
-             max_examples=0, mesh=None):
-  """Streams `batches` (this process's part of each global batch) through the teacher.
+             max_examples=0, mesh=None, compiler_options=None):
+  """Streams `batches` (this process's part of each global batch) through the teacher
+  (`compiler_options`: XLA options of the jitted step, e.g. `conv.compiler_options`).
 
   Returns host numpy `{'stats': {...: [1 + G, ...]}, 'sample': {...}}`; output set 0 is
   the teacher on x, set 1 + i on x* for `gammas[i]`. The sample holds up to
@@ -254,7 +256,8 @@ def evaluate(model, variables, batches, spec, *, gammas, global_batch_size, step
                      temperature=temperature, max_examples=max_examples),
       in_shardings=(parallel.replicated(mesh), parallel.replicated(mesh),
                     parallel.batch_sharding(mesh)),
-      out_shardings=parallel.replicated(mesh), donate_argnums=1)
+      out_shardings=parallel.replicated(mesh), donate_argnums=1,
+      compiler_options=compiler_options or None)
   variables = parallel.replicate(variables, mesh)
   state = None
   for i, batch in enumerate(batches):
@@ -438,11 +441,13 @@ def write_report(out_dir, results, scratch, *, setup, embeddings, tsne_colors,
 
 # ----------------------------------------------------------------------------- command
 
-def create_teacher(config, checkpoint):
-  """(spec, model, variables): the config's dataset and teacher, weights from `checkpoint`."""
+def create_teacher(config, checkpoint, device_count=None):
+  """(spec, model, variables): the config's dataset and teacher, weights from `checkpoint`;
+  the model's convolutions are `config.conv_impl`'s for `device_count` devices."""
   spec = data.dataset_spec(config.dataset)
   model_kwargs = {'small_stem': True} if config.teacher.get('small_stem') else {}
-  model = models.create(config.teacher.model, spec.num_classes, **model_kwargs)
+  model = models.create(config.teacher.model, spec.num_classes, **model_kwargs,
+                        conv_impl=conv.get(config.conv_impl, device_count=device_count))
   variables = checkpoints.load_teacher(checkpoint, config.teacher.model, spec.num_classes,
                                        in_channels=spec.image_shape[-1], **model_kwargs)
   return spec, model, variables
@@ -488,8 +493,8 @@ def run(config, *, teacher, out_dir, gammas=DEFAULT_GAMMAS, split=None, num_bins
     raise ValueError('num_bins must be >= 1, temperature > 0, and tsne_examples and '
                      'silhouette_examples >= 2.')
   teacher = teacher or config.teacher.checkpoint
-  spec, model, variables = create_teacher(config, teacher)
   mesh = parallel.make_mesh()
+  spec, model, variables = create_teacher(config, teacher, mesh.size)
   parallel.check_batch_size(config.batch_size, mesh)  # Before reading any data.
   split = split or spec.eval_split
   batches = data.eval_iterator(spec, data_dir=config.data_dir or None,
@@ -500,7 +505,7 @@ def run(config, *, teacher, out_dir, gammas=DEFAULT_GAMMAS, split=None, num_bins
       steps=config.oracle.steps, reference_batch_size=config.oracle.reference_batch_size,
       num_bins=num_bins, temperature=temperature,
       sample_size=max(tsne_examples, silhouette_examples), max_examples=max_examples,
-      mesh=mesh)
+      mesh=mesh, compiler_options=conv.compiler_options(config.conv_impl, device_count=mesh.size))
   setup = {'teacher': f'{config.teacher.model} from {teacher}',
            'dataset': f'{spec.name}, split {split}',
            'oracle': f'{config.oracle.steps} step(s), γ quoted at batch '
