@@ -111,6 +111,36 @@ def test_batchnorm_matches_pytorch_update_rule():
   np.testing.assert_allclose(updates['batch_stats']['var'], 0.9 + 0.1 * unbiased, rtol=1e-6)
 
 
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_batch_norm_train_vjp_equals_autodiff_of_two_pass_formula(dtype):
+  """The closed-form VJP of train-mode BatchNorm against jax.grad of the plain two-pass
+  formula, with cotangents on y, the batch mean and the batch variance."""
+  from oracle_jax.models.layers import batch_norm_train
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(rng.randn(8, 5, 5, 6) * 3 + 1.5, dtype)
+  scale = jnp.asarray(rng.rand(6) + 0.5, jnp.float32)
+  bias = jnp.asarray(rng.randn(6), jnp.float32)
+
+  def plain(x, scale, bias):
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean((0, 1, 2))
+    var = jnp.square(x32 - mean).mean((0, 1, 2))
+    return (x32 - mean) * (scale * jax.lax.rsqrt(var + 1e-5)) + bias, mean, var
+
+  weights = [jnp.asarray(rng.randn(*o.shape), jnp.float32) for o in plain(x, scale, bias)]
+  loss = lambda f: lambda *a: sum(jnp.sum(o * w) for o, w in zip(f(*a), weights))
+  ours = batch_norm_train(x, scale, bias, 1e-5)
+  for a, b in zip(ours, plain(x, scale, bias)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  expected = jax.grad(loss(plain), (0, 1, 2))(x, scale, bias)
+  got = jax.grad(loss(lambda *a: batch_norm_train(*a, 1e-5)), (0, 1, 2))(x, scale, bias)
+  assert got[0].dtype == dtype
+  tol = 1e-5 if dtype == jnp.float32 else 1e-2
+  for g, e in zip(got, expected):
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(e, np.float32),
+                               rtol=tol, atol=tol * float(jnp.abs(e.astype(jnp.float32)).max()))
+
+
 def test_unknown_model_lists_names():
   with pytest.raises(ValueError, match=r"Unknown model 'resnet21'; choose one of: .*resnet20"):
     models.create('resnet21', 10)
