@@ -20,7 +20,9 @@ def test_benchmark_reports_steps_and_table(tmp_path):
   runs = {(r['kind'], r['conv_impl']): r for r in lines if r.get('framework') == 'jax'}
   assert set(runs) == {(k, c) for k in ('forward', 'oracle') for c in ('default', 'cpu')}
   for r in runs.values():
-    assert r['ms_median'] > 0 and r['n_timed'] == 2 and r['gflop_per_step'] > 0
+    # 2 clean steps wanted; a step another process disturbed is re-timed (at most 3x).
+    assert r['ms_median'] > 0 and 2 <= r['n_timed'] <= 6 and r['gflop_per_step'] > 0
+    assert r['n_clean'] <= r['n_timed']
     assert r['compiles'] == 1 and r['recompiled'] is False and r['devices'] == 1
   assert runs['oracle', 'cpu']['xla_options'] == conv.CPU_COMPILER_OPTIONS
   assert 'xla_options' not in runs['oracle', 'default']
