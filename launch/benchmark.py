@@ -43,6 +43,7 @@ import argparse
 import json
 import logging
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -119,6 +120,17 @@ def force_host_devices(n):
 # ------------------------------------------------------------------------------------
 # Timing on a shared machine (the quiet-step logic of benchmarks/torch_reference.py)
 # ------------------------------------------------------------------------------------
+
+def host_cpu():
+  """'<CPU model> x<cores>': results from different machines are not comparable."""
+  model = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo') as f:
+      model = next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name'))
+  except (OSError, StopIteration):
+    pass
+  return f'{model} x{os.cpu_count()}'
+
 
 def cpu_jiffies():
   """(busy jiffies of the whole machine, user+system jiffies of this process)."""
@@ -323,7 +335,7 @@ class Variant:
     rec = dict(timing)
     rec.update(
         framework='jax', jax=jax.__version__, device=jax.devices()[0].platform,
-        devices=setup.num_devices, batch=args.batch, classes=args.classes,
+        host=host_cpu(), devices=setup.num_devices, batch=args.batch, classes=args.classes,
         teacher=None if self.kind == 'student' else args.teacher, student=args.student,
         kind=self.kind, conv_impl=self.conv_name, conv_chunk=args.conv_chunk, dtype=args.dtype,
         gamma=args.gamma, T=args.T, compile_s=round(self.compile_s, 2),
