@@ -68,17 +68,12 @@ def batch_norm_train(x, scale, bias, epsilon):
   reductions and several full-size temporaries per layer (1.2-1.7x slower per layer on
   CPU, benchmarks/README.md). Cotangents of mean and var are honoured too.
   """
-  mean, var = _batch_stats(x)
-  return _normalize(x, mean, var, scale, bias, epsilon), mean, var
-
-
-def _normalize(x, mean, var, scale, bias, epsilon):
-  return (x.astype(jnp.float32) - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias
+  return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
 
 
 def _batch_norm_train_fwd(x, scale, bias, epsilon):
   mean, var = _batch_stats(x)
-  y = _normalize(x, mean, var, scale, bias, epsilon)
+  y = (x.astype(jnp.float32) - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias
   return (y, mean, var), (x, mean, var, scale)
 
 
