@@ -10,10 +10,12 @@ import sys
 
 
 def load(folder):
+  """Records per file; of a run with --rounds, only the medians over the rounds."""
   runs = {}
   for path in sorted(glob.glob(os.path.join(folder, '*.jsonl'))):
     with open(path) as f:
-      runs[os.path.basename(path)[:-6]] = [json.loads(l) for l in f if l.startswith('{')]
+      recs = [json.loads(l) for l in f if l.startswith('{')]
+    runs[os.path.basename(path)[:-6]] = [r for r in recs if 'round' not in r]
   return runs
 
 

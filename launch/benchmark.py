@@ -37,7 +37,10 @@ machine hit them alike, and ratio lines compare each variant with the first.
 
 `--compare-torch` runs `benchmarks/torch_reference.py` (same teacher, student, batch,
 classes, steps, 2 threads) right after each step kind and prints ratio lines: ours img/s ÷
-torch img/s (oracle against oracle_official and oracle_frozen).
+torch img/s (oracle against oracle_official and oracle_frozen). `--rounds=N` repeats each
+kind and its PyTorch run N times, alternating, so that both see the same drifts of a noisy
+machine: records and ratios of each round carry `round`, then those with `rounds` give the
+median over the rounds (`ms_median_rounds` lists them); tables use the latter.
 """
 import argparse
 import json
@@ -92,6 +95,9 @@ def parse_args(argv=None):
                  help='a step is clean if other processes used <= this many cores')
   p.add_argument('--quiet-wait', dest='quiet_wait', type=float, default=5.0,
                  help='max seconds to wait for a quiet moment before timing a kind')
+  p.add_argument('--rounds', type=int, default=1,
+                 help='repeat each kind (and --compare-torch) this many times, alternating; '
+                      'records tagged "round", then one per measurement with medians over rounds')
   p.add_argument('--retries', type=int, default=2,
                  help='re-time a kind (after waiting up to 60 s for quiet) while fewer than '
                       'half of its steps were clean; the attempt with most clean steps counts')
@@ -104,6 +110,8 @@ def parse_args(argv=None):
   args.conv_impl = [c.strip() for c in args.conv_impl.split(',') if c.strip()]
   args.devices = [int(d) for d in str(args.devices).split(',')]
   args.warmup = max(2, args.warmup)
+  if args.rounds < 1:
+    p.error(f'--rounds must be >= 1, got {args.rounds}')
   options = json.loads(args.xla_options) if args.xla_options else {}
   args.xla_options = options if isinstance(options, list) else [options]
   return args
@@ -399,6 +407,44 @@ def time_interleaved(variants, args, batch_size, quiet_wait):
   return out
 
 
+def time_kind(args, kind, prepared):
+  """One round of a kind: its variants timed interleaved, then (--compare-torch) PyTorch's
+  same steps in a subprocess. Returns (timings per variant, torch records)."""
+  timings = with_retries(lambda wait: time_interleaved(prepared, args, args.batch, wait), args)
+  theirs = []
+  if args.compare_torch and kind in TORCH_KINDS:
+    theirs = with_retries(lambda wait: run_torch(args, TORCH_KINDS[kind], wait), args)
+  return timings, theirs
+
+
+def combine_rounds(timings, batch_size):
+  """One timing (or torch record) from a measurement's rounds: medians of the rounds'
+  figures, so that a ratio of two of them resists the machine's speed drifting between
+  rounds (each round times ours and PyTorch's steps back to back)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  medians = [t['ms_median'] for t in timings]
+  median = float(np.median(medians))
+  return dict(timings[-1], ms_median=round(median, 3), ms_median_rounds=medians,
+              ms_p25=round(float(np.median([t['ms_p25'] for t in timings])), 3),
+              ms_min=min(t['ms_min'] for t in timings),
+              img_per_s=round(batch_size / median * 1e3, 1),
+              n_timed=sum(t['n_timed'] for t in timings),
+              n_clean=sum(t['n_clean'] for t in timings),
+              others_cores=round(float(np.mean([t['others_cores'] for t in timings])), 3))
+
+
+def emit_kind(kind, names, recs, theirs, tag):
+  """Records of one kind, ratio lines against its first variant and against PyTorch."""
+  for rec in recs:
+    emit({**rec, **tag})
+  for name, rec in zip(names[1:], recs[1:]):
+    ratio(f'{kind}:{name}/{names[0]}', rec, recs[0], kind=kind, **tag)
+  for t in theirs:
+    emit({**t, **tag})
+    for name, rec in zip(names, recs):
+      ratio(f'{kind}/{t["kind"]}', rec, t, kind=kind, variant=name, **tag)
+
+
 def run_pipeline(setup):
   """Images/s of the CIFAR input pipeline alone, as the training loop consumes it."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -502,19 +548,16 @@ def main(argv=None):
       continue
     prepared = [Variant(setups[d], kind, c, {**parse_conv(c)[2], **o}, counter)
                 for c, o, d in variants]
-    timings = with_retries(lambda wait: time_interleaved(prepared, args, args.batch, wait),
-                           args)
-    recs = [v.record(t, setups[d], peak) for (_, _, d), v, t in zip(variants, prepared, timings)]
-    for name, rec in zip(names, recs):
-      results[kind, name] = rec
-      emit(rec)
-    for name, rec in zip(names[1:], recs[1:]):
-      ratio(f'{kind}:{name}/{names[0]}', rec, recs[0], kind=kind)
-    if args.compare_torch and kind in TORCH_KINDS:
-      for theirs in with_retries(lambda wait: run_torch(args, TORCH_KINDS[kind], wait), args):
-        emit(theirs)
-        for name, rec in zip(names, recs):
-          ratio(f'{kind}/{theirs["kind"]}', rec, theirs, kind=kind, variant=name)
+    rounds = [time_kind(args, kind, prepared) for _ in range(args.rounds)]
+    tags = [{'round': i} for i in range(args.rounds)] if args.rounds > 1 else [{}]
+    if args.rounds > 1:  # then one record per measurement: medians over the rounds
+      rounds.append(tuple([combine_rounds(list(same), args.batch) for same in zip(*part)]
+                          for part in zip(*rounds)))
+      tags.append({'rounds': args.rounds})
+    for (timings, theirs), tag in zip(rounds, tags):
+      recs = [v.record(t, setups[d], peak) for (_, _, d), v, t in zip(variants, prepared, timings)]
+      emit_kind(kind, names, recs, theirs, tag)
+    results.update({(kind, name): rec for name, rec in zip(names, recs)})
   if args.peak:  # again, in case the machine was busy at the start: tables use the best
     emit(dict(measure_peak(args), at='end'))
   if 'forward' in args.kinds and 'reinforce' in args.kinds:

@@ -39,3 +39,38 @@ def test_benchmark_reports_steps_and_table(tmp_path):
   assert len(rows) == 2
   useful = runs['oracle', 'default']['gflop_per_step']
   assert all(f'| {useful:.1f} |' in row for row in rows)  # rates use the stock FLOPs
+
+
+def test_benchmark_rounds_against_torch(tmp_path):
+  """--rounds alternates our step and PyTorch's; the summary records are medians of the
+  rounds, their ratio is ours ÷ PyTorch's images/s, and tables use only the summary."""
+  out = tmp_path / 'steps_resnet8_resnet8_b8.jsonl'
+  cmd = [sys.executable, os.path.join(REPO, 'launch', 'benchmark.py'), '--student=resnet8',
+         '--batch=8', '--classes=10', '--kinds=student', '--steps=2', '--warmup=2',
+         '--conv_impl=cpu', '--quiet-wait=0', '--retries=0', '--rounds=3', '--compare-torch']
+  with open(out, 'w') as f:
+    subprocess.run(cmd, stdout=f, stderr=subprocess.PIPE, text=True, check=True, timeout=600)
+  lines = [json.loads(l) for l in out.read_text().splitlines() if l.startswith('{')]
+  for framework in ('jax', 'torch'):
+    recs = [r for r in lines if r.get('framework') == framework]
+    per_round = sorted((r for r in recs if 'round' in r), key=lambda r: r['round'])
+    assert [r['round'] for r in per_round] == [0, 1, 2]
+    (summary,) = [r for r in recs if r.get('rounds') == 3]
+    medians = [r['ms_median'] for r in per_round]
+    assert summary['ms_median_rounds'] == medians
+    assert summary['ms_median'] == sorted(medians)[1]
+    assert summary['n_timed'] == sum(r['n_timed'] for r in per_round)
+    assert abs(summary['img_per_s'] - 8e3 / summary['ms_median']) < 0.1
+  ours, theirs = ([r for r in lines if r.get('framework') == f and r.get('rounds') == 3][0]
+                  for f in ('jax', 'torch'))
+  ratios = [r for r in lines if r.get('ratio') == 'student/student']
+  assert sorted(r.get('round', 'all') for r in ratios[:3]) == [0, 1, 2]
+  (summary_ratio,) = [r for r in ratios if r.get('rounds') == 3]
+  assert abs(summary_ratio['value'] - ours['img_per_s'] / theirs['img_per_s']) < 2e-3
+
+  table = subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', 'table.py'),
+                          str(tmp_path)], capture_output=True, text=True, check=True).stdout
+  (row,) = [l for l in table.splitlines() if '| student |' in l]
+  assert f"| {ours['ms_median']:.0f} |" in row
+  (torch_row,) = [l for l in table.splitlines() if '| torch student |' in l]
+  assert f"| {theirs['ms_median']:.0f} |" in torch_row
