@@ -13,12 +13,14 @@ STEPS=${STEPS:-10}
 mkdir -p "$OUT"
 run() { local name=$1; shift; echo "== $name" >&2; python launch/benchmark.py "$@" > "$OUT/$name.jsonl"; }
 
-# Issues 7 / 8: the three training steps against the PyTorch reference.
+# Issues 7 / 8: the three training steps against the PyTorch reference, in three
+# alternating rounds (medians over rounds resist the machine's speed drifting).
 for pair in resnet56:resnet20 resnet20:resnet20; do
   for batch in 64 128; do
     t=${pair%:*}; s=${pair#*:}
     run "steps_${t}_${s}_b${batch}" --teacher="$t" --student="$s" --batch="$batch" \
-      --kinds=student,kd,oracle --conv_impl=default,chunked,cpu --steps="$STEPS" --peak --compare-torch
+      --kinds=student,kd,oracle --conv_impl=default,cpu --steps="$STEPS" --peak --compare-torch \
+      --rounds=3
   done
 done
 
