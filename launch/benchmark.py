@@ -36,10 +36,11 @@ first and then timed round-robin, one step each per round, so load drifts on a s
 machine hit them alike, and ratio lines compare each variant with the first.
 
 `--compare-torch` runs `benchmarks/torch_reference.py` (same teacher, student, batch,
-classes, steps, 2 threads) right after each step kind and prints ratio lines: ours img/s ÷
-torch img/s (oracle against oracle_official and oracle_frozen). `--rounds=N` repeats each
-kind and its PyTorch run N times, alternating, so that both see the same drifts of a noisy
-machine: records and ratios of each round carry `round`, then those with `rounds` give the
+classes, steps; 2 CPU threads, on the device JAX runs on: `cuda` for a GPU) right after
+each step kind and prints ratio lines: ours img/s ÷ torch img/s (oracle against
+oracle_official and oracle_frozen). `--rounds=N` repeats each kind and its PyTorch run N
+times, alternating, so that both see the same drifts of a noisy machine: records and
+ratios of each round carry `round`, then those with `rounds` give the
 median over the rounds (`ms_median_rounds` lists them); tables use the latter.
 """
 import argparse
@@ -500,8 +501,18 @@ def measure_peak(args, repeats=20, n=2048):
           'gflop_per_s': round(2 * n**3 / best / 1e9, 1), 'ms_min': round(best * 1e3, 3)}
 
 
+def torch_device():
+  """PyTorch's name for the device our steps run on: the comparison is on the same one."""
+  import jax  # pylint: disable=g-import-not-at-top
+  platform = jax.devices()[0].platform
+  if platform not in ('cpu', 'gpu'):
+    raise SystemExit(f'--compare-torch needs a CPU or an NVIDIA GPU; JAX runs on {platform}.')
+  return 'cuda' if platform == 'gpu' else 'cpu'
+
+
 def run_torch(args, kinds, quiet_wait):
-  cmd = [sys.executable, TORCH_REFERENCE, '--teacher', args.teacher, '--student', args.student,
+  cmd = [sys.executable, TORCH_REFERENCE, '--device', torch_device(),
+         '--teacher', args.teacher, '--student', args.student,
          '--batch', str(args.batch), '--classes', str(args.classes), '--kinds', ','.join(kinds),
          '--steps', str(args.steps), '--threads', '2', '--gamma', str(args.gamma),
          '--T', str(args.T), '--other-max', str(args.other_max),

@@ -61,6 +61,7 @@ def test_benchmark_rounds_against_torch(tmp_path):
     assert summary['ms_median'] == sorted(medians)[1]
     assert summary['n_timed'] == sum(r['n_timed'] for r in per_round)
     assert abs(summary['img_per_s'] - 8e3 / summary['ms_median']) < 0.1
+    assert summary['device'] == 'cpu'  # PyTorch runs on the device JAX runs on
   ours, theirs = ([r for r in lines if r.get('framework') == f and r.get('rounds') == 3][0]
                   for f in ('jax', 'torch'))
   ratios = [r for r in lines if r.get('ratio') == 'student/student']
