@@ -40,8 +40,8 @@ classes, steps; 2 CPU threads, on the device JAX runs on: `cuda` for a GPU) righ
 each step kind and prints ratio lines: ours img/s ÷ torch img/s (oracle against
 oracle_official and oracle_frozen). `--rounds=N` repeats each kind and its PyTorch run N
 times, alternating, so that both see the same drifts of a noisy machine: records and
-ratios of each round carry `round`, then those with `rounds` give the
-median over the rounds (`ms_median_rounds` lists them); tables use the latter.
+ratios of each round carry `round`, then those with `rounds` give the median over the
+rounds (`ms_median_rounds` lists them); tables use the latter.
 """
 import argparse
 import json
