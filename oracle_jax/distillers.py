@@ -19,7 +19,8 @@ Where the numbers come from (CIFAR-100 unless said otherwise):
   (used as is by `configs/cifar100/dkd/res32x4_res8x4.yaml`). mdistiller tunes β per pair:
   resnet56→resnet20 and resnet110→resnet32 β = 2, wrn_40_2→wrn_16_2 and wrn_40_2→wrn_40_1
   β = 6; ImageNet ResNet-34→18 α = 1, β = 0.5, τ = 1, warm-up 1
-  (`configs/imagenet/r34_r18/dkd.yaml`).
+  (`configs/imagenet/r34_r18/dkd.yaml`). `configs/cifar.py` (`DKD_BETA`) and
+  `configs/imagenet_r34_r18.py:dkd` apply those.
 * SAD: β = 200, query/key dimension 128, plus 0.9·KD at τ = 4, CE weight 1 — the official
   code (clovaai/attention-feature-distillation `main.py` defaults, its README's CIFAR-100
   WRN-40-2→WRN-16-2 command `--beta 200`; loss `CE + alpha·KL + beta·AFD` in `utils.train_kl`).
@@ -312,7 +313,7 @@ def default_distill_config():
   c.at_p = 2.0                    # RepDistiller Attention(p=2)
   c.at_beta = 1000.0              # RepDistiller -b 1000 (sum over stages)
   c.dkd_alpha = 1.0               # mdistiller CFG.DKD.ALPHA
-  c.dkd_beta = 8.0                # mdistiller CFG.DKD.BETA (per-pair values: module docstring)
+  c.dkd_beta = 8.0                # mdistiller CFG.DKD.BETA (per-pair values: configs/cifar.py)
   c.dkd_temperature = 4.0         # mdistiller CFG.DKD.T
   c.dkd_warmup_epochs = 20.0      # mdistiller CFG.DKD.WARMUP
   c.sad_beta = 200.0              # official SAD --beta 200

@@ -38,6 +38,21 @@ def test_official_recipe_defaults():
   assert (c.temperature, c.ce_weight, c.alpha) == (1.0, 0.5, 0.5)
 
 
+def test_per_pair_dkd_recipes():
+  """mdistiller's DKD settings where it tuned them, its defaults elsewhere."""
+  from configs import cifar, imagenet_r34_r18  # pylint: disable=g-import-not-at-top
+  beta = lambda arg: cifar.get_config(arg).distill.dkd_beta
+  assert beta('resnet56,resnet20') == beta('resnet110,resnet32') == 2.0
+  assert beta('wrn_40_2,wrn_16_2') == beta('wrn_40_2,wrn_40_1') == 6.0
+  assert beta('resnet32x4,resnet8x4') == beta('resnet56,resnet20,cifar10') == 8.0
+  c = imagenet_r34_r18.get_config('dkd')
+  assert (c.method, c.ce_weight, c.distill.dkd_alpha, c.distill.dkd_beta) == ('dkd', 1.0, 1.0, 0.5)
+  assert (c.distill.dkd_temperature, c.distill.dkd_warmup_epochs) == (1.0, 1.0)
+  assert (c.batch_size, c.optimizer.learning_rate) == (512, 0.2)  # the same optimizer
+  c = imagenet_r34_r18.get_config('at')
+  assert (c.method, c.ce_weight, c.distill.dkd_beta) == ('at', 1.0, 8.0)
+
+
 @pytest.mark.parametrize('name', SHIPPED)
 def test_shipped_config_runs(name, tmp_path):
   config = importlib.import_module(f'configs.{name}').get_config()
