@@ -408,13 +408,13 @@ def time_interleaved(variants, args, batch_size, quiet_wait):
   return out
 
 
-def time_kind(args, kind, prepared):
-  """One round of a kind: its variants timed interleaved, then (--compare-torch) PyTorch's
-  same steps in a subprocess. Returns (timings per variant, torch records)."""
+def time_kind(args, kind, prepared, torch_on):
+  """One round of a kind: its variants timed interleaved, then (`torch_on`: a device)
+  PyTorch's same steps in a subprocess. Returns (timings per variant, torch records)."""
   timings = with_retries(lambda wait: time_interleaved(prepared, args, args.batch, wait), args)
   theirs = []
-  if args.compare_torch and kind in TORCH_KINDS:
-    theirs = with_retries(lambda wait: run_torch(args, TORCH_KINDS[kind], wait), args)
+  if torch_on and kind in TORCH_KINDS:
+    theirs = with_retries(lambda wait: run_torch(args, TORCH_KINDS[kind], wait, torch_on), args)
   return timings, theirs
 
 
@@ -510,8 +510,8 @@ def torch_device():
   return 'cuda' if platform == 'gpu' else 'cpu'
 
 
-def run_torch(args, kinds, quiet_wait):
-  cmd = [sys.executable, TORCH_REFERENCE, '--device', torch_device(),
+def run_torch(args, kinds, quiet_wait, device):
+  cmd = [sys.executable, TORCH_REFERENCE, '--device', device,
          '--teacher', args.teacher, '--student', args.student,
          '--batch', str(args.batch), '--classes', str(args.classes), '--kinds', ','.join(kinds),
          '--steps', str(args.steps), '--threads', '2', '--gamma', str(args.gamma),
@@ -542,6 +542,7 @@ def main(argv=None):
   jax_logger.propagate = False  # count compilations without printing jax's debug log
   jax.config.update('jax_log_compiles', True)
 
+  torch_on = torch_device() if args.compare_torch else None  # fails before any timing
   setups = {d: Setup(args, d) for d in args.devices}
   setup = setups[args.devices[0]]
   peak = None
@@ -559,7 +560,7 @@ def main(argv=None):
       continue
     prepared = [Variant(setups[d], kind, c, {**parse_conv(c)[2], **o}, counter)
                 for c, o, d in variants]
-    rounds = [time_kind(args, kind, prepared) for _ in range(args.rounds)]
+    rounds = [time_kind(args, kind, prepared, torch_on) for _ in range(args.rounds)]
     tags = [{'round': i} for i in range(args.rounds)] if args.rounds > 1 else [{}]
     if args.rounds > 1:  # then one record per measurement: medians over the rounds
       rounds.append(tuple([combine_rounds(list(same), args.batch) for same in zip(*part)]
