@@ -1,0 +1,10 @@
+"""The one base class of "the user asked for something that cannot work".
+
+The command lines print a `UserError` as one line (`error: …`) and exit non-zero; every
+other exception is a bug or an environment failure and keeps its traceback. This module
+imports nothing of the project, so every layer can raise its subclasses.
+"""
+
+
+class UserError(Exception):
+  """A mistake in the user's input (config, flags, files); the message names the fix."""
