@@ -62,6 +62,9 @@ def base_config():
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 2
+  # TensorBoard summaries in WORKDIR/tensorboard (written by TensorFlow's own filesystems);
+  # False: metrics.jsonl only.
+  c.tensorboard = True
   c.seed = 0
   c.dtype = 'float32'                   # 'bfloat16': compute in bf16, params/stats float32
   # 'cpu': the same convolutions computed faster on CPU (chunked weight gradients, paired

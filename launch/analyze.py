@@ -48,10 +48,11 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: this proc
 def default_out_dir(teacher):
   """analysis/ beside the teacher: next to a .pth, in a run's workdir (never inside an
   orbax checkpoint directory)."""
-  teacher = os.path.abspath(teacher)
-  if os.path.isfile(teacher) or not os.path.isdir(os.path.join(teacher, 'teacher')):
-    return os.path.join(os.path.dirname(teacher), 'analysis')
-  return os.path.join(teacher, 'analysis')
+  from oracle_jax import fileio  # pylint: disable=g-import-not-at-top
+  teacher = fileio.path(teacher)
+  if teacher.is_file() or not (teacher / 'teacher').is_dir():
+    return teacher.parent / 'analysis'
+  return teacher / 'analysis'
 
 
 def main(argv):
@@ -59,7 +60,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   # Imported here so that --help is instant and flags parse before JAX starts.
   import jax  # pylint: disable=g-import-not-at-top
-  from oracle_jax import analysis, parallel, user_errors  # pylint: disable=g-import-not-at-top
+  from oracle_jax import analysis, fileio, parallel, user_errors  # pylint: disable=g-import-not-at-top
   parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
   if config is None:
@@ -80,8 +81,7 @@ def main(argv):
     print(f'Wrote the report to {out_dir}')
     if _SELECT_GAMMA.value:
       line = analysis.override_line(report['selected'])
-      with open(os.path.join(out_dir, 'gamma_override.txt'), 'w') as f:
-        f.write(line + '\n')
+      fileio.write_text(fileio.path(out_dir) / 'gamma_override.txt', line + '\n')
       print(line)
 
 

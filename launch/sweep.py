@@ -27,7 +27,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from oracle_jax import sweep, user_errors  # pylint: disable=g-import-not-at-top
+  from oracle_jax import fileio, sweep, user_errors  # pylint: disable=g-import-not-at-top
   try:
     results = sweep.run_grid(FLAGS.config, FLAGS.workdir, FLAGS.methods,
                              [int(s) for s in FLAGS.seeds])
@@ -36,10 +36,9 @@ def main(argv):
   rows = sweep.summarize(results, FLAGS.baseline)
   table = sweep.markdown(rows, FLAGS.baseline)
   print(table)
-  with open(os.path.join(FLAGS.workdir, 'sweep.md'), 'w') as f:
-    f.write(table + '\n')
-  with open(os.path.join(FLAGS.workdir, 'sweep.csv'), 'w') as f:
-    f.write(sweep.to_csv(rows))
+  workdir = fileio.path(FLAGS.workdir)
+  fileio.write_text(workdir / 'sweep.md', table + '\n')
+  fileio.write_text(workdir / 'sweep.csv', sweep.to_csv(rows))
 
 
 if __name__ == '__main__':

@@ -20,9 +20,8 @@ Units: `top1` in percent (as the paper's tables), `ece` as a fraction in [0, 1] 
 al.), entropy in bits.
 """
 import functools
-import json
+import io
 import math
-import os
 
 from absl import logging
 import jax
@@ -32,6 +31,7 @@ import numpy as np
 from oracle_jax import checkpoints
 from oracle_jax import conv
 from oracle_jax import data
+from oracle_jax import fileio
 from oracle_jax import models
 from oracle_jax import oracle
 from oracle_jax import parallel
@@ -383,7 +383,7 @@ def plot_reliability(path, diagrams):
     ax.plot([0, 1], [0, 1], 'k--', lw=1)
     ax.set(title=title, xlabel='confidence', ylabel='accuracy', xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc='upper left')
-  fig.savefig(path, dpi=100)
+  _save_figure(fig, path)
 
 
 def plot_tsne(path, embeddings, colors, color_name):
@@ -398,7 +398,7 @@ def plot_tsne(path, embeddings, colors, color_name):
   for ax in axes[len(embeddings):]:
     ax.set_axis_off()
   fig.suptitle(f't-SNE of softmax(logits/τ), coloured by {color_name}')
-  fig.savefig(path, dpi=100)
+  _save_figure(fig, path)
 
 
 def plot_sweep(path, results, scratch):
@@ -423,20 +423,26 @@ def plot_sweep(path, results, scratch):
       ax.set_xscale('symlog', linthresh=positive.min())
     ax.set(xlabel='γ', ylabel=ylabel)
     ax.legend()
-  fig.savefig(path, dpi=100)
+  _save_figure(fig, path)
+
+
+def _save_figure(fig, path):
+  # Rendered in memory, then written through the path layer (atomic; gs:// works).
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=100)
+  fileio.write_bytes(path, buffer.getvalue())
 
 
 def write_report(out_dir, results, scratch, *, setup, embeddings, tsne_colors,
                  tsne_color_name, diagrams, selected):
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, 'report.json'), 'w') as f:
-    json.dump(_jsonable([{**r, 'selected': r['gamma'] == selected} for r in results]), f,
-              indent=1)
-  with open(os.path.join(out_dir, 'report.md'), 'w') as f:
-    f.write(markdown(results, scratch, setup, selected=selected))
-  plot_reliability(os.path.join(out_dir, 'reliability.png'), diagrams)
-  plot_tsne(os.path.join(out_dir, 'tsne.png'), embeddings, tsne_colors, tsne_color_name)
-  plot_sweep(os.path.join(out_dir, 'gamma_sweep.png'), results, scratch)
+  out_dir = fileio.path(out_dir)
+  fileio.write_json(out_dir / 'report.json',
+                    _jsonable([{**r, 'selected': r['gamma'] == selected} for r in results]),
+                    indent=1)
+  fileio.write_text(out_dir / 'report.md', markdown(results, scratch, setup, selected=selected))
+  plot_reliability(out_dir / 'reliability.png', diagrams)
+  plot_tsne(out_dir / 'tsne.png', embeddings, tsne_colors, tsne_color_name)
+  plot_sweep(out_dir / 'gamma_sweep.png', results, scratch)
 
 
 # ----------------------------------------------------------------------------- command

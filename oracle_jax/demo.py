@@ -6,13 +6,11 @@ whichever method wins (on this small data KD vs oracle-KD is within seed noise; 
 README).
 """
 import copy
-import json
-import os
 
 import jax
 import numpy as np
 
-from oracle_jax import analysis, sweep, train
+from oracle_jax import analysis, fileio, sweep, train
 
 METHODS = ('scratch', 'kd', 'oracle_kd')
 
@@ -50,15 +48,15 @@ def format_table(rows, teacher, config):
 
 
 def run(config, workdir):
-  workdir = os.path.abspath(workdir)
-  teacher_run = os.path.join(workdir, 'teacher_run')
+  workdir = fileio.path(workdir)
+  teacher_run = workdir / 'teacher_run'
   train.train_and_evaluate(teacher_config(config), teacher_run)
-  teacher_dir = os.path.join(teacher_run, 'teacher')
+  teacher_dir = teacher_run / 'teacher'
   students = copy.deepcopy(config)
-  students.teacher.checkpoint = teacher_dir
+  students.teacher.checkpoint = str(teacher_dir)
   results = sweep.run_grid(students, workdir, METHODS, config.demo_seeds)
   rows = sweep.summarize(results, 'kd')
-  teacher = teacher_statistics(config, teacher_dir, os.path.join(workdir, 'analysis'))
+  teacher = teacher_statistics(config, str(teacher_dir), workdir / 'analysis')
   table = format_table(rows, teacher, config)
   if jax.process_index() == 0:
     print(table)
@@ -68,6 +66,5 @@ def run(config, workdir):
         best_top1=float(np.mean([r['best_top1'] for r in oracle_runs])),
         final_train_loss=float(np.mean([r['final_train_loss'] for r in oracle_runs])),
         steps=config.train_steps, methods=rows, runs=results, teacher=teacher, table=table)
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump(summary, f, indent=2)
+    fileio.write_json(workdir / 'results.json', summary)
   return rows, teacher

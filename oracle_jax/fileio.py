@@ -3,7 +3,8 @@
 Paths are `etils.epath.Path`s, so the same code reads and writes local disks, gs:// and
 s3:// buckets and any other filesystem epath knows. Writes are atomic: the content goes
 to a temporary name beside the target and is renamed into place, so a kill mid-write
-leaves the old file or the new one, never a truncated one.
+leaves the old file or the new one, never a truncated one. On object stores (gs://, s3://)
+an upload is already all-or-nothing, so objects are written in one request instead.
 """
 import json
 import os
@@ -17,9 +18,13 @@ from oracle_jax import errors
 def path(p) -> epath.Path:
   """An `epath.Path`: `~` expanded and local paths made absolute; URLs kept as they are."""
   p = str(p)
-  if '://' in p:
+  if _is_url(p):
     return epath.Path(p)
   return epath.Path(os.path.abspath(os.path.expanduser(p)))
+
+
+def _is_url(p) -> bool:
+  return '://' in str(p)
 
 
 def _temporary(target: epath.Path) -> epath.Path:
@@ -29,6 +34,9 @@ def _temporary(target: epath.Path) -> epath.Path:
 def write_bytes(target, data: bytes) -> epath.Path:
   """Writes `data` to `target` atomically (temporary name, then rename)."""
   target = path(target)
+  if _is_url(target):
+    target.write_bytes(data)  # one upload: the object appears whole or not at all
+    return target
   target.parent.mkdir(parents=True, exist_ok=True)
   tmp = _temporary(target)
   try:

@@ -10,23 +10,43 @@ import jax
 import numpy as np
 import tqdm
 
+from oracle_jax import fileio
+
 
 class NonFiniteLossError(FloatingPointError):
   """A non-finite loss or gradient: the run stops, the last good checkpoint is kept."""
 
 
+def _lines_up_to(path, last_step):
+  """The lines of a metrics.jsonl whose step is at most `last_step`: on resume, what was
+  logged after the restored checkpoint is logged again, so it is dropped here."""
+  if not path.exists():
+    return []
+  kept = []
+  for number, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+      step = json.loads(line)['step']
+    except (ValueError, KeyError, TypeError):
+      raise fileio.UnreadableFileError(
+          f'Line {number} of {str(path)!r} is not a metrics record ({line[:80]!r}); move the '
+          'file away (or delete that line) and rerun.') from None
+    if step <= last_step:
+      kept.append(line + '\n')
+  return kept
+
+
 class MetricWriter:
 
-  def __init__(self, workdir):
+  def __init__(self, workdir, start_step=0, tensorboard=True):
     self._primary = jax.process_index() == 0
-    # Rewritten whole at each flush (object stores such as GCS cannot append); it holds
-    # one line per log interval, so it stays small.
+    # Rewritten whole (atomically) at each flush: object stores such as GCS cannot
+    # append, and a kill mid-write must not truncate it. It holds one line per log
+    # interval, so it stays small.
     self._jsonl = workdir / 'metrics.jsonl'
-    self._lines = (self._jsonl.read_text().splitlines(keepends=True)
-                   if self._primary and self._jsonl.exists() else [])
+    self._lines = _lines_up_to(self._jsonl, start_step) if self._primary else []
     from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TF)
     self._tb = metric_writers.create_default_writer(
-        str(workdir / 'tensorboard'), just_logging=not self._primary)
+        str(workdir / 'tensorboard'), just_logging=not (self._primary and tensorboard))
 
   def write_train(self, pending, last_good_step):
     """Averages and writes the pending steps' metrics; returns the mean loss (None if
@@ -58,7 +78,7 @@ class MetricWriter:
     self._tb.write_scalars(step, scalars)
     if self._primary:
       self._lines.append(json.dumps({'step': step, **scalars}) + '\n')
-      self._jsonl.write_text(''.join(self._lines))
+      fileio.write_text(self._jsonl, ''.join(self._lines))
 
   def close(self):
     self._tb.flush()

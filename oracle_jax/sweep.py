@@ -7,11 +7,10 @@ baseline (same seed: same init, batches and augmentation).
 import copy
 import csv
 import io
-import os
 
 import numpy as np
 
-from oracle_jax import parallel, train
+from oracle_jax import fileio, parallel, train
 
 
 def variant(name):
@@ -32,7 +31,7 @@ def run_grid(config, workdir, names, seeds):
       c.method, c.oracle.enabled, c.seed = method, oracle, seed
       compiled = compiled or train.Run(c, mesh)
       out.setdefault(name, []).append(
-          train.train_and_evaluate(c, os.path.join(workdir, f'{name}_seed{seed}'), run=compiled))
+          train.train_and_evaluate(c, fileio.path(workdir) / f'{name}_seed{seed}', run=compiled))
   return out
 
 

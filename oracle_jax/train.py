@@ -6,7 +6,6 @@ automatically from the newest good checkpoint in `workdir`, saves on SIGTERM, an
 `results.json`. A scratch run also keeps its final model in `workdir/teacher`.
 """
 import functools
-import json
 import logging
 import math
 import signal
@@ -16,7 +15,8 @@ import jax
 import numpy as np
 import optax
 
-from oracle_jax import checkpoints, conv, data, distill, distillers, models, parallel, validation
+from oracle_jax import checkpoints, conv, data, distill, distillers, fileio, models, parallel
+from oracle_jax import validation
 from oracle_jax import metrics_io
 
 
@@ -174,7 +174,7 @@ def train_and_evaluate(config, workdir, *, run=None, mesh=None):
   """
   run, teacher_variables = prepare(config, run=run, mesh=mesh)
   mesh = run.mesh
-  workdir = checkpoints.resolve(workdir)
+  workdir = fileio.path(workdir)
   validation.prepare_workdir(config, workdir)  # only now: bad input writes nothing
 
   manager = checkpoints.TrainCheckpoints(workdir / 'checkpoints',
@@ -184,7 +184,7 @@ def train_and_evaluate(config, workdir, *, run=None, mesh=None):
   best_top1 = meta.get('best_top1', 0.0)
   start = int(state.step)
   train_step, eval_step = run.jitted(state)
-  writer = metrics_io.MetricWriter(workdir)
+  writer = metrics_io.MetricWriter(workdir, start, tensorboard=config.tensorboard)
   if start:
     logging.warning('Resuming from step %d in %s', start, workdir)
 
@@ -243,7 +243,7 @@ def train_and_evaluate(config, workdir, *, run=None, mesh=None):
                  teacher_top1=teacher_eval.get('teacher_top1'),
                  oracle_top1=teacher_eval.get('oracle_top1'))
   if jax.process_index() == 0:
-    (workdir / 'results.json').write_text(json.dumps(results, indent=2))
+    fileio.write_json(workdir / 'results.json', results)
   return results
 
 

@@ -4,13 +4,13 @@ import json
 
 import jax
 
-from oracle_jax import conv, models
+from oracle_jax import conv, fileio, models
 
 METHODS = ('scratch', 'kd', 'fitnet', 'at', 'dkd', 'sad')
 DTYPES = ('float32', 'bfloat16')
 # Keys that may change between a run and its resumption without changing its results.
 RESUMABLE_CHANGES = frozenset({'overwrite', 'log_every_steps', 'eval_batch_size', 'data_dir',
-                               'checkpoint_every_steps', 'keep_checkpoints'})
+                               'checkpoint_every_steps', 'keep_checkpoints', 'tensorboard'})
 
 
 class ConfigError(ValueError):
@@ -101,4 +101,4 @@ def prepare_workdir(config, workdir):
         old.rmtree()
       elif old.exists():
         old.unlink()
-  path.write_text(json.dumps(current, indent=2, sort_keys=True))
+  fileio.write_json(path, current, sort_keys=True)
