@@ -558,7 +558,8 @@ def _zip_byteorder(archive, root):
     return '<'
   orders = {b'little': '<', b'big': '>'}
   if recorded not in orders:
-    raise _Damaged(f'its byteorder record is {_shown(recorded)}, not little or big')
+    shown = _shown(recorded.decode('latin-1'))
+    raise _Damaged(f'its byteorder record is {shown}, not little or big')
   return orders[recorded]
 
 
