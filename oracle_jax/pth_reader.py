@@ -226,8 +226,13 @@ def _is_stand_in_class(value):
 
 # ----------------------------------------------------------------------------- the allowlist
 
-def _new_ordered_dict():
-  return collections.OrderedDict()
+def _new_ordered_dict(items=()):
+  """OrderedDict(); Python 2 pickled one as OrderedDict([[key, value], ...])."""
+  if not (isinstance(items, (list, tuple)) and
+          all(isinstance(i, (list, tuple)) and len(i) == 2 for i in items)):
+    raise _Damaged('an OrderedDict is built from something that is not a list of pairs')
+  _check_plain_keys([k for k, _ in items])
+  return collections.OrderedDict(items)
 
 
 _PLAIN_KEYS = (str, int, float, bool, bytes, type(None))  # hashing them runs nothing
@@ -507,55 +512,78 @@ def _storage_reference(pid, length):
   return element_type, key, numel
 
 
+class _ZipRecords:
+  """The records of a torch zip archive, read whole, within the archive's own size.
+
+  torch stores every record uncompressed, so a record is never larger than the file; and
+  records that overlap (several names for one byte range) cannot add up to more than it.
+  """
+
+  def __init__(self, file):
+    self._budget = file.seek(0, io.SEEK_END)
+    file.seek(0)
+    try:
+      self.archive = zipfile.ZipFile(file)
+    except zipfile.BadZipFile as e:
+      raise _Damaged(f'it is a truncated or damaged zip archive ({e})') from None
+
+  def info(self, name):
+    try:
+      return self.archive.getinfo(name)
+    except KeyError:
+      raise _Damaged(f'the record {_shown(name)} is missing') from None
+
+  def read(self, info):
+    if info.compress_type != zipfile.ZIP_STORED:
+      raise _Damaged(f'the record {_shown(info.filename)} is compressed; torch never does that')
+    self._budget -= info.file_size
+    if self._budget < 0:
+      raise _Damaged('its records hold more bytes than the file (overlapping records)')
+    return self.archive.read(info)
+
+
 class _ZipStorages:
   """persistent_load of the zip format: each storage is the record `<root>/data/<key>`."""
 
-  def __init__(self, archive: zipfile.ZipFile, root: str, byteorder: str):
-    self._archive, self._root, self._byteorder = archive, root, byteorder
+  def __init__(self, records: _ZipRecords, root: str, byteorder: str):
+    self._records, self._root, self._byteorder = records, root, byteorder
     self._storages = {}
 
   def __call__(self, pid):
     element_type, key, numel = _storage_reference(pid, 5)
-    if key not in self._storages:
-      self._storages[key] = _Storage(element_type, self._read(key, numel * element_type.dtype.itemsize),
-                                     self._byteorder)
+    if key not in self._storages:  # read once, however many tensors view it
+      data = self._read(key, numel * element_type.dtype.itemsize)
+      self._storages[key] = _Storage(element_type, data, self._byteorder)
     return self._storages[key]
 
   def _read(self, key, nbytes):
-    name = f'{self._root}/data/{key}'
-    try:
-      info = self._archive.getinfo(name)
-    except KeyError:
-      raise _Damaged(f'the storage record {_shown(name)} is missing') from None
+    info = self._records.info(f'{self._root}/data/{key}')
     if info.file_size != nbytes:
-      raise _Damaged(f'the storage record {_shown(name)} holds {info.file_size} bytes but its '
-                     f'pickle declares {nbytes}')
-    if info.compress_type != zipfile.ZIP_STORED:  # keeps memory within the file's size
-      raise _Damaged(f'the storage record {_shown(name)} is compressed; torch never does that')
-    return np.frombuffer(bytearray(self._archive.read(info)), np.uint8)
+      raise _Damaged(f'the record {_shown(info.filename)} holds {info.file_size} bytes but '
+                     f'its pickle declares {nbytes}')
+    return np.frombuffer(bytearray(self._records.read(info)), np.uint8)
 
 
 def _read_zip(file):
-  try:
-    archive = zipfile.ZipFile(file)
-  except zipfile.BadZipFile as e:
-    raise _Damaged(f'it is a truncated or damaged zip archive ({e})') from None
-  with archive:
-    pickles = [n for n in archive.namelist() if n.endswith('/data.pkl') and n.count('/') == 1]
+  records = _ZipRecords(file)
+  with records.archive:
+    pickles = [n for n in records.archive.namelist()
+               if n.endswith('/data.pkl') and n.count('/') == 1]
     if len(pickles) != 1:
       raise _Damaged('it is a zip archive but not a PyTorch checkpoint (no <root>/data.pkl)')
     root = pickles[0][:-len('/data.pkl')]
-    byteorder = _zip_byteorder(archive, root)
-    data_pkl = io.BytesIO(archive.read(pickles[0]))
-    return _Unpickler(_ZipStorages(archive, root, byteorder)).load(data_pkl)
+    byteorder = _zip_byteorder(records, root)
+    data_pkl = io.BytesIO(records.read(records.info(pickles[0])))
+    return _Unpickler(_ZipStorages(records, root, byteorder)).load(data_pkl)
 
 
-def _zip_byteorder(archive, root):
+def _zip_byteorder(records, root):
   """Storages are in the saving machine's byte order, recorded since torch 2.1."""
   try:
-    recorded = archive.read(f'{root}/byteorder')
+    info = records.archive.getinfo(f'{root}/byteorder')
   except KeyError:
     return '<'
+  recorded = records.read(info)
   orders = {b'little': '<', b'big': '>'}
   if recorded not in orders:
     shown = _shown(recorded.decode('latin-1'))

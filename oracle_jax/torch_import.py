@@ -173,10 +173,14 @@ def _entries(module, field, path):
 
 def _module_state(module, path, prefix=''):
   """Walks a pickled nn.Module (its stand-in) like `state_dict()` does."""
-  skipped = module.state.get('_non_persistent_buffers_set') or ()
-  out = {prefix + name: value for name, value in _entries(module, '_parameters', path).items()
-         if value is not None}
-  out.update({prefix + name: value for name, value in _entries(module, '_buffers', path).items()
+  skipped = module.state.get('_non_persistent_buffers_set') or set()
+  if not isinstance(skipped, (set, frozenset)):
+    raise pth_reader.MalformedCheckpointError(
+        f'{path}: a pickled module\'s _non_persistent_buffers_set is not a set.')
+  out = {f'{prefix}{name}': value
+         for name, value in _entries(module, '_parameters', path).items() if value is not None}
+  out.update({f'{prefix}{name}': value
+              for name, value in _entries(module, '_buffers', path).items()
               if value is not None and name not in skipped})
   for name, child in _entries(module, '_modules', path).items():
     if isinstance(child, pth_reader.StandIn):

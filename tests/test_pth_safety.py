@@ -378,9 +378,9 @@ MALFORMED = {
                                                'a tensor has 2 sizes but 1 strides'),
     'storage record shorter than declared': (
         one_tensor('0', 8, (8,), (1,)), FOUR,
-        'the storage record archive/data/0 holds 16 bytes but its pickle declares 32'),
+        'the record archive/data/0 holds 16 bytes but its pickle declares 32'),
     'missing storage record': (one_tensor('0', 4, (4,), (1,)), {},
-                               'the storage record archive/data/0 is missing'),
+                               'the record archive/data/0 is missing'),
     'persistent id of the wrong shape': (
         dict_of({'w': b'(' + v('storage') + g('torch', 'FloatStorage') + v('0') + b'tQ'}), FOUR,
         r'a persistent id is not a storage reference \(found a 3-tuple\)'),
