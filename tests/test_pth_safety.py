@@ -638,6 +638,20 @@ def test_a_storage_shared_by_many_tensors_is_read_once(tmp_path, monkeypatch):
   np.testing.assert_array_equal(np.concatenate([state[f'part{i}'] for i in range(4)]), values)
 
 
+@pytest.mark.parametrize('fmt', ['zip', 'legacy'])
+def test_python2_era_containers(fmt, tmp_path):
+  """Python 2 pickled OrderedDict([[key, value]]) and `__builtin__.set`; torch.Size too."""
+  legacy = fmt == 'legacy'
+  state_dict = call(g('collections', 'OrderedDict'),
+                    b'((' + v('w') + tensor('0', 4, (2, 2), (2, 1), legacy=legacy) + b'll')
+  body = dict_of({'state_dict': state_dict, 'shape': call(g('torch', 'Size'), v((2, 2))),
+                  'names': call(g('__builtin__', 'set'), v(['a', 'b']))})
+  path = write(tmp_path / 'py2', fmt, body, FOUR)
+  assert pth_reader.read(path)['shape'] == (2, 2) and pth_reader.read(path)['names'] == {'a', 'b'}
+  np.testing.assert_array_equal(torch_import.read_state_dict(str(path))['w'],
+                                FOUR['0'].reshape(2, 2))
+
+
 def test_big_endian_storages(tmp_path):
   values = np.array([1.5, -2.25, 3e-8, 7.0], np.float32)
   path = write_zip(tmp_path / 'big.pth', program(one_tensor('0', 4, (2, 2), (1, 2))),
