@@ -86,7 +86,8 @@ _STORAGE_TYPES = {
     'FloatStorage': np.float32, 'DoubleStorage': np.float64, 'HalfStorage': np.float16,
     'BFloat16Storage': ml_dtypes.bfloat16, 'LongStorage': np.int64, 'IntStorage': np.int32,
     'ShortStorage': np.int16, 'CharStorage': np.int8, 'ByteStorage': np.uint8,
-    'BoolStorage': np.bool_,
+    'BoolStorage': np.bool_, 'ComplexFloatStorage': np.complex64,
+    'ComplexDoubleStorage': np.complex128,
 }
 # torch pickles a dtype as the global `torch.<name>`; `_rebuild_tensor_v3` takes one.
 _TORCH_DTYPES = {
@@ -95,7 +96,8 @@ _TORCH_DTYPES = {
     'int8': np.int8, 'uint8': np.uint8, 'uint16': np.uint16, 'uint32': np.uint32,
     'uint64': np.uint64, 'bool': np.bool_, 'float8_e4m3fn': ml_dtypes.float8_e4m3fn,
     'float8_e5m2': ml_dtypes.float8_e5m2, 'float8_e4m3fnuz': ml_dtypes.float8_e4m3fnuz,
-    'float8_e5m2fnuz': ml_dtypes.float8_e5m2fnuz,
+    'float8_e5m2fnuz': ml_dtypes.float8_e5m2fnuz, 'complex64': np.complex64,
+    'complex128': np.complex128,
 }
 _UNTYPED = _ElementType('UntypedStorage', np.dtype(np.uint8))  # bytes; v3 gives the dtype
 

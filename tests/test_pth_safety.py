@@ -348,6 +348,23 @@ def test_cli_subprocess_prints_one_line(tmp_path):
   assert not touched(marker)
 
 
+def test_main_py_refuses_a_hostile_teacher(tmp_path, digits_data_dir):
+  marker = tmp_path / 'ran'
+  path = write(tmp_path / 'teacher', 'zip', payloads(marker)['builtins.exec'])
+  done = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'launch', 'main.py'),
+       '--config=' + os.path.join(REPO, 'configs', 'default.py'), '--config.demo=False',
+       '--config.method=kd', '--config.teacher.model=resnet8', '--config.student.model=resnet8',
+       f'--config.teacher.checkpoint={path}', f'--config.data_dir={digits_data_dir}',
+       f'--workdir={tmp_path / "run"}'],
+      capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': REPO}, timeout=300,
+      check=False)
+  errors = [line for line in done.stderr.splitlines() if line.startswith('error: ')]
+  assert done.returncode != 0 and 'Traceback' not in done.stderr, done.stderr
+  assert len(errors) == 1 and 'the global builtins.exec named in its pickle' in errors[0]
+  assert not touched(marker) and not (tmp_path / 'run').exists()
+
+
 # ----------------------------------------------------------------------------- malformed files
 
 FOUR = {'0': np.arange(4, dtype=np.float32)}
