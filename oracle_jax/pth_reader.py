@@ -314,7 +314,7 @@ class _Unpickler:
       if op.name in ('GLOBAL', 'INST'):
         _resolve(*arg.split(' ', 1))
       if op.name not in _HANDLERS:
-        raise _Refused(f'the pickle opcode {op.name}, which torch never writes')
+        raise _Refused(f'the pickle opcode {op.name} (never written by torch)')
     self._stack, self._marks, self._memo = [], [], {}
     for op, arg, position in ops:
       try:
@@ -334,21 +334,6 @@ class _Unpickler:
 
   def _push_arg(self, arg):
     self._stack.append(arg)
-
-  def _push(value):  # pylint: disable=no-self-argument
-    return lambda self, _: self._stack.append(value)
-
-  def _push_new(factory):  # pylint: disable=no-self-argument
-    return lambda self, _: self._stack.append(factory())
-
-  def _tuple(n):  # pylint: disable=no-self-argument
-    def handler(self, _):
-      if len(self._stack) < n:
-        raise IndexError('stack underflow')
-      items = tuple(self._stack[len(self._stack) - n:])
-      del self._stack[len(self._stack) - n:]
-      self._stack.append(items)
-    return handler
 
   def _tuple_mark(self, _):
     items = self._pop_mark()  # first: it replaces self._stack
@@ -469,6 +454,26 @@ class _Unpickler:
     self._result = self._stack.pop()
 
 
+def _pushes(value):
+  return lambda machine, _: machine._stack.append(value)  # pylint: disable=protected-access
+
+
+def _pushes_new(factory):
+  return lambda machine, _: machine._stack.append(factory())  # pylint: disable=protected-access
+
+
+def _pops_tuple(n):
+  """The handler of TUPLE1/2/3: the top `n` items become one tuple."""
+  def handler(machine, _):
+    stack = machine._stack  # pylint: disable=protected-access
+    if len(stack) < n:
+      raise IndexError('stack underflow')
+    items = tuple(stack[len(stack) - n:])
+    del stack[len(stack) - n:]
+    stack.append(items)
+  return handler
+
+
 def _set_items(target, items):
   if len(items) % 2:
     raise ValueError('an odd number of dict items')
@@ -476,17 +481,19 @@ def _set_items(target, items):
   target.update(zip(items[::2], items[1::2]))
 
 
+# Every opcode torch's pickles use (protocols 0-5); the others (EXT*, INST, OBJ, NEWOBJ_EX,
+# out-of-band buffers) are refused.
 _u = _Unpickler
 _HANDLERS = {
     **{name: _u._push_arg for name in (
         'INT', 'BININT', 'BININT1', 'BININT2', 'LONG', 'LONG1', 'LONG4', 'FLOAT',
         'BINFLOAT', 'STRING', 'BINSTRING', 'SHORT_BINSTRING', 'BINBYTES', 'SHORT_BINBYTES',
         'BINBYTES8', 'UNICODE', 'BINUNICODE', 'SHORT_BINUNICODE', 'BINUNICODE8')},
-    'NONE': _u._push(None), 'NEWTRUE': _u._push(True), 'NEWFALSE': _u._push(False),
-    'EMPTY_LIST': _u._push_new(list), 'EMPTY_DICT': _u._push_new(dict),
-    'EMPTY_TUPLE': _u._push(()), 'EMPTY_SET': _u._push_new(set),
-    'MARK': _u._mark, 'TUPLE': _u._tuple_mark, 'TUPLE1': _u._tuple(1),
-    'TUPLE2': _u._tuple(2), 'TUPLE3': _u._tuple(3), 'LIST': _u._list, 'DICT': _u._dict,
+    'NONE': _pushes(None), 'NEWTRUE': _pushes(True), 'NEWFALSE': _pushes(False),
+    'EMPTY_TUPLE': _pushes(()), 'EMPTY_LIST': _pushes_new(list),
+    'EMPTY_DICT': _pushes_new(dict), 'EMPTY_SET': _pushes_new(set),
+    'MARK': _u._mark, 'TUPLE': _u._tuple_mark, 'TUPLE1': _pops_tuple(1),
+    'TUPLE2': _pops_tuple(2), 'TUPLE3': _pops_tuple(3), 'LIST': _u._list, 'DICT': _u._dict,
     'FROZENSET': _u._frozenset, 'APPEND': _u._append, 'APPENDS': _u._appends,
     'SETITEM': _u._set_item, 'SETITEMS': _u._set_items_mark, 'ADDITEMS': _u._add_items,
     'POP': _u._pop, 'POP_MARK': _u._pop_mark_op, 'DUP': _u._dup,

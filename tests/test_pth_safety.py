@@ -299,6 +299,13 @@ def test_model_classes_are_never_imported_nor_called(fmt, tmp_path, evil_models)
     ('numpy internals', 'numpy.core.multiarray._reconstruct'),
     ('a capitalised name in the standard library', 'argparse.Namespace'),
     ('a tensor subclass wrapper', 'torch._tensor._rebuild_from_type_v2'),
+    ('a torch class outside torch.nn', 'torch.serialization.StorageType'),
+    ('a function of the user\'s script', '__main__.train'),
+    ('a private top-level module', '_posixsubprocess.fork_exec'),
+    *[(f'standard library: {name}', name) for name in (
+        'functools.partial', 'operator.attrgetter', 'types.FunctionType', '_codecs.encode',
+        'codecs.decode', 'shutil.rmtree', 'runpy._run_code', 'ctypes.CDLL', 'socket.socket',
+        'sys.modules', 'pickle.Unpickler', 'builtins.object', 'builtins.dict')],
 ])
 def test_other_globals_are_refused(case, refused, fmt, tmp_path):
   del case
