@@ -111,9 +111,12 @@ class _Storage:
     self.element_type, self.data, self.byteorder = element_type, data, byteorder
 
 
+def _is_count(value):
+  return type(value) is int and value >= 0  # pylint: disable=unidiomatic-typecheck  (no bools)
+
+
 def _check_index_tuple(what, values):
-  if not (isinstance(values, tuple) and len(values) <= 64 and
-          all(type(v) is int and v >= 0 for v in values)):  # pylint: disable=unidiomatic-typecheck
+  if not (isinstance(values, tuple) and len(values) <= 64 and all(map(_is_count, values))):
     raise _Damaged(f'a tensor {what} is not a tuple of non-negative ints')
 
 
@@ -516,7 +519,7 @@ def _storage_reference(pid, length):
     raise _Damaged(f'a persistent id is not a storage reference (found {shape})')
   element_type, key, location, numel = pid[1:5]
   if not (isinstance(element_type, _ElementType) and isinstance(key, str) and
-          isinstance(location, str) and type(numel) is int and numel >= 0):  # pylint: disable=unidiomatic-typecheck
+          isinstance(location, str) and _is_count(numel)):
     raise _Damaged(f'the storage reference {_shown(key)!r} is malformed')
   return element_type, key, numel
 
@@ -630,7 +633,7 @@ class _LegacyStorages:
   def _storage_view(self, root, view):
     """A slice of a root storage, in files of torch < 0.4."""
     if not (isinstance(view, tuple) and len(view) == 3 and
-            all(type(v) is int and v >= 0 for v in view[1:])):  # pylint: disable=unidiomatic-typecheck
+            all(map(_is_count, view[1:]))):
       raise _Damaged('a storage view reference is malformed')
     _, offset, numel = view
     itemsize = root.element_type.dtype.itemsize

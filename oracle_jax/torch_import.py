@@ -3,9 +3,10 @@
 Reads the official oracle-KD / RepDistiller CIFAR checkpoints and torchvision's ImageNet
 ResNets: a bare state_dict, a dict holding one (`state_dict`, `model`, `net`, …) or a
 pickled whole `nn.Module`. Zip (PyTorch ≥ 1.6) and legacy files are read **without
-PyTorch** and as data, never as code (`pth_reader`: an exact allowlist of globals, inert stand-ins for model classes,
-bounds-checked tensor views), so importing a teacher needs neither torch nor the model's
-Python code, and a hostile file is refused before anything in it runs.
+PyTorch** and as data, never as code (`pth_reader`: an exact allowlist of globals, inert
+stand-ins for model classes, bounds-checked tensor views), so importing a teacher needs
+neither torch nor the model's Python code, and a hostile file is refused before anything
+in it runs.
 
     python -m oracle_jax.torch_import IN.pth OUT_DIR --model=resnet56 --num_classes=100
 """

@@ -519,7 +519,7 @@ def test_missing_file_and_not_a_checkpoint(tmp_path):
     torch_import.read_state_dict(str(tmp_path / 'text.pth'))
 
 
-# ----------------------------------------------------------------------------- weights that do not fit
+# ----------------------------------------------------------------------------- unfit weights
 
 @pytest.fixture(scope='module', name='resnet8')
 def fixture_resnet8():
