@@ -524,20 +524,25 @@ def _storage_reference(pid, length):
   return element_type, key, numel
 
 
-class _ZipRecords:
-  """The records of a torch zip archive, read whole, within the archive's own size.
+# What zipfile raises on a damaged archive (a bad CRC, a cut, nonsense in its directory).
+_ZIP_ERRORS = (zipfile.BadZipFile, EOFError, UnicodeDecodeError, NotImplementedError,
+               ValueError)
 
-  torch stores every record uncompressed, so a record is never larger than the file; and
+
+class _ZipRecords:
+  """The records of a torch zip archive, each read whole and only from within the file.
+
+  torch stores every record uncompressed, so no record is larger than the file, and
   records that overlap (several names for one byte range) cannot add up to more than it.
   """
 
   def __init__(self, file):
-    self._budget = file.seek(0, io.SEEK_END)
+    self._size = self._budget = file.seek(0, io.SEEK_END)
     file.seek(0)
     try:
       self.archive = zipfile.ZipFile(file)
-    except zipfile.BadZipFile as e:
-      raise _Damaged(f'it is a truncated or damaged zip archive ({e})') from None
+    except _ZIP_ERRORS as e:
+      raise _Damaged(f'it is a truncated or damaged zip archive ({_shown(e)})') from None
 
   def info(self, name):
     try:
@@ -546,12 +551,18 @@ class _ZipRecords:
       raise _Damaged(f'the record {_shown(name)} is missing') from None
 
   def read(self, info):
-    if info.compress_type != zipfile.ZIP_STORED:
-      raise _Damaged(f'the record {_shown(info.filename)} is compressed; torch never does that')
+    name = _shown(info.filename)
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x61:
+      raise _Damaged(f'the record {name} is compressed or encrypted; torch never does that')
+    if not 0 <= info.header_offset <= self._size - info.file_size:
+      raise _Damaged(f'the record {name} lies outside the file')
     self._budget -= info.file_size
     if self._budget < 0:
       raise _Damaged('its records hold more bytes than the file (overlapping records)')
-    return self.archive.read(info)
+    try:
+      return self.archive.read(info)
+    except _ZIP_ERRORS as e:
+      raise _Damaged(f'the record {name} is damaged ({_shown(e)})') from None
 
 
 class _ZipStorages:
@@ -700,7 +711,7 @@ def read(path):
     raise UnsafeCheckpointError(
         f'Refused the PyTorch checkpoint {str(file)!r}: {e} is not allowed; a checkpoint '
         'holds tensors, not code, and nothing in this one was run.') from None
-  except (_Damaged, zipfile.BadZipFile, EOFError) as e:
+  except _Damaged as e:
     raise MalformedCheckpointError(
         f'The PyTorch checkpoint {str(file)!r} cannot be read: {e}.') from None
   raise MalformedCheckpointError(

@@ -470,9 +470,20 @@ def test_malformed_zip_archives(tmp_path):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(pth_reader.MalformedCheckpointError, match=message):
       torch_import.read_state_dict(str(tmp_path / name))
+  plain = write_zip(tmp_path / 'plain.pth', program(one_tensor('0', 4, (4,), (1,))), FOUR)
+  for name, (field, value, message) in {
+      'encrypted.pth': (8, b'\x01\x00', 'is compressed or encrypted'),
+      'outside.pth': (42, b'\xff\xff\xff\x7f', 'the record archive/data/0 lies outside'),
+  }.items():
+    edited = bytearray(plain.read_bytes())
+    entry = edited.rindex(b'PK\x01\x02', 0, edited.rindex(b'archive/data/0'))
+    edited[entry + field:entry + field + len(value)] = value  # its central directory entry
+    (tmp_path / name).write_bytes(bytes(edited))
+    with pytest.raises(pth_reader.MalformedCheckpointError, match=message):
+      torch_import.read_state_dict(str(tmp_path / name))
   write_zip(tmp_path / 'deflated.pth', program(one_tensor('0', 4, (4,), (1,))), FOUR,
             compression=zipfile.ZIP_DEFLATED)
-  with pytest.raises(pth_reader.MalformedCheckpointError, match='is compressed'):
+  with pytest.raises(pth_reader.MalformedCheckpointError, match='is compressed or encrypted'):
     torch_import.read_state_dict(str(tmp_path / 'deflated.pth'))
   write_zip(tmp_path / 'order.pth', program(one_tensor('0', 4, (4,), (1,))), FOUR,
             byteorder=b'middle')
