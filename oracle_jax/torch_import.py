@@ -2,37 +2,34 @@
 
 Reads the official oracle-KD / RepDistiller CIFAR checkpoints and torchvision's ImageNet
 ResNets: a bare state_dict, a dict holding one (`state_dict`, `model`, `net`, …) or a
-pickled whole `nn.Module`. Zip-format files (PyTorch ≥ 1.6) are read **without PyTorch**:
-the pickle is replayed with stand-ins for model classes and storages become numpy
-arrays, so importing a teacher never needs the model's Python code (nor torch). Legacy
-non-zip files need torch (`pip install 'oracle_jax[torch]'`).
+pickled whole `nn.Module`. Zip (PyTorch ≥ 1.6) and legacy files are read **without
+PyTorch** and as data, never as code (`pth_reader`: an exact allowlist of globals, inert
+stand-ins for model classes, bounds-checked tensor views), so importing a teacher needs
+neither torch nor the model's Python code, and a hostile file is refused before anything
+in it runs.
 
     python -m oracle_jax.torch_import IN.pth OUT_DIR --model=resnet56 --num_classes=100
 """
 import argparse
-import os
-import pickle
-import zipfile
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 
-from oracle_jax import models
+from oracle_jax import errors, fileio, models, pth_reader
 
 _STATE_DICT_KEYS = ('state_dict', 'model_state_dict', 'model', 'net', 'student', 'module')
-_STORAGE_DTYPES = {
-    'FloatStorage': np.float32, 'DoubleStorage': np.float64, 'HalfStorage': np.float16,
-    'BFloat16Storage': ml_dtypes.bfloat16, 'LongStorage': np.int64, 'IntStorage': np.int32,
-    'ShortStorage': np.int16, 'CharStorage': np.int8, 'ByteStorage': np.uint8,
-    'BoolStorage': np.bool_,
-}
 
 
-class CheckpointMismatchError(ValueError):
-  """The checkpoint does not fit the requested model (names, shapes or class count)."""
+class CheckpointMismatchError(errors.UserError, ValueError):
+  """The checkpoint does not fit the requested model (names, shapes, class count, dtype) or
+  holds non-finite weights."""
+
+
+# The reader's errors, for callers of `load` and `read_state_dict`.
+UnsafeCheckpointError = pth_reader.UnsafeCheckpointError
+MalformedCheckpointError = pth_reader.MalformedCheckpointError
 
 
 # ----------------------------------------------------------------------------- names
@@ -95,7 +92,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_name: str, num_class
 
   Raises CheckpointMismatchError naming the first missing/unexpected key or the first
   shape mismatch (expected vs found, in PyTorch layout), with a special message when only
-  the class count differs.
+  the class count differs, and the first array that is not floating point or not finite.
   """
   arrays = {_strip_prefix(k): np.asarray(v) for k, v in state_dict.items()
             if not k.endswith('num_batches_tracked')}
@@ -109,7 +106,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_name: str, num_class
   for name, (_, spec) in zip(names, flat):
     found, expected = arrays[name].shape, _torch_shape(spec.shape)
     if found != expected:
-      if name.startswith('fc.') and found[0] != num_classes:
+      if name.startswith('fc.') and len(found) == len(expected) and found[0] != num_classes:
         raise CheckpointMismatchError(
             f'The checkpoint has {found[0]} classes ({name} has shape {found}) but '
             f'num_classes={num_classes}; set num_classes to match the dataset the '
@@ -117,8 +114,20 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_name: str, num_class
       raise CheckpointMismatchError(
           f'Shape mismatch for {name!r} in a {model_name} checkpoint: expected '
           f'{expected}, found {found}. Is it a checkpoint of another architecture?')
+    _check_values(name, arrays[name])
     leaves.append(jnp.asarray(_to_flax_layout(arrays[name], spec.shape), spec.dtype))
   return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _check_values(name, array):
+  if not jnp.issubdtype(array.dtype, jnp.floating):
+    raise CheckpointMismatchError(
+        f'{name!r} holds {array.dtype} values, but weights and BatchNorm statistics are '
+        'floating point; is it a quantized or damaged checkpoint?')
+  if not np.isfinite(array).all():
+    raise CheckpointMismatchError(
+        f'{name!r} holds NaN or infinite values: these weights are unusable (saved from a '
+        'diverged run?).')
 
 
 def _strip_prefix(name):
@@ -155,129 +164,73 @@ def to_state_dict(variables):
 
 # ----------------------------------------------------------------------------- reading
 
-class _StandIn:
-  """Any class the pickle names that we need not (or cannot) import: keeps its state."""
-
-  def __init__(self, *args, **kwargs):
-    del args, kwargs
-
-  def __setstate__(self, state):
-    if isinstance(state, dict):
-      self.__dict__.update(state)
-    elif isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
-      self.__dict__.update(state[0])  # (dict, slots)
+def _entries(module, field, path):
+  entries = module.state.get(field) or {}
+  if not isinstance(entries, Mapping):
+    raise pth_reader.MalformedCheckpointError(
+        f'{path}: a pickled module\'s {field} is a {type(entries).__name__}, not a dict.')
+  return entries
 
 
-def _rebuild_tensor(storage, offset, size, stride, *unused):
-  itemsize = storage.itemsize
-  return np.lib.stride_tricks.as_strided(
-      storage[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)).copy()
-
-
-def _rebuild_parameter(data, *unused):
-  return data
-
-
-class _ZipUnpickler(pickle.Unpickler):
-  """Replays torch's `data.pkl` with numpy storages and stand-in classes."""
-
-  def __init__(self, file, archive, root):
-    super().__init__(file)
-    self._archive, self._root = archive, root
-
-  def find_class(self, module, name):
-    if module == 'torch._utils' and name.startswith('_rebuild_tensor'):
-      return _rebuild_tensor
-    if module == 'torch._utils' and name.startswith('_rebuild_parameter'):
-      return _rebuild_parameter
-    if module == 'torch' and name in _STORAGE_DTYPES:
-      return _STORAGE_DTYPES[name]
-    if module in ('collections', 'builtins', '__builtin__', 'copyreg'):
-      return super().find_class(module, name)
-    return type(name, (_StandIn,), {'__module__': module})
-
-  def persistent_load(self, pid):
-    _, dtype, key, _location, _numel = pid
-    raw = self._archive.read(f'{self._root}/data/{key}')
-    return np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder('<'))
-
-
-def _read_zip(path):
-  with zipfile.ZipFile(path) as archive:
-    pickles = [n for n in archive.namelist() if n.endswith('/data.pkl')]
-    if not pickles:
-      raise ValueError(f'{path} is a zip archive but not a PyTorch checkpoint (no data.pkl).')
-    root = pickles[0][:-len('/data.pkl')]
-    with archive.open(pickles[0]) as f:
-      return _ZipUnpickler(f, archive, root).load()
-
-
-def _read_legacy(path):
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise ImportError(f'{path} is a legacy (non-zip) PyTorch file; reading it needs torch: '
-                      "pip install 'oracle_jax[torch]'.") from None
-  obj = torch.load(path, map_location='cpu', weights_only=False)
-  return obj
-
-
-def _module_state(obj, prefix=''):
-  """Walks a pickled nn.Module (real or stand-in) like `state_dict()` does."""
-  attrs = getattr(obj, '__dict__', {})
-  out = {}
-  non_persistent = attrs.get('_non_persistent_buffers_set', set())
-  for name, value in attrs.get('_parameters', {}).items():
-    if value is not None:
-      out[prefix + name] = value
-  for name, value in attrs.get('_buffers', {}).items():
-    if value is not None and name not in non_persistent:
-      out[prefix + name] = value
-  for name, child in attrs.get('_modules', {}).items():
-    if child is not None:
-      out.update(_module_state(child, f'{prefix}{name}.'))
+def _module_state(module, path, prefix=''):
+  """Walks a pickled nn.Module (its stand-in) like `state_dict()` does."""
+  skipped = module.state.get('_non_persistent_buffers_set') or set()
+  if not isinstance(skipped, (set, frozenset)):
+    raise pth_reader.MalformedCheckpointError(
+        f'{path}: a pickled module\'s _non_persistent_buffers_set is not a set.')
+  out = {f'{prefix}{name}': value
+         for name, value in _entries(module, '_parameters', path).items() if value is not None}
+  out.update({f'{prefix}{name}': value
+              for name, value in _entries(module, '_buffers', path).items()
+              if value is not None and name not in skipped})
+  for name, child in _entries(module, '_modules', path).items():
+    if isinstance(child, pth_reader.StandIn):
+      out.update(_module_state(child, path, f'{prefix}{name}.'))
   return out
 
 
-def _is_array(value):
-  return isinstance(value, np.ndarray) or type(value).__name__ in ('Tensor', 'Parameter')
-
-
 def _find_state_dict(obj, path):
-  if '_modules' in getattr(obj, '__dict__', {}):
-    return _module_state(obj)
+  if isinstance(obj, pth_reader.StandIn) and '_modules' in obj.state:
+    return _module_state(obj, path)
   if isinstance(obj, Mapping):
-    if obj and all(_is_array(v) for v in obj.values()):
+    if obj and all(isinstance(v, np.ndarray) for v in obj.values()):
       return dict(obj)
     for key in _STATE_DICT_KEYS:
       if key in obj:
         return _find_state_dict(obj[key], path)
-  keys = list(obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__
-  raise ValueError(f'{path} holds no state_dict or nn.Module (found {keys}); expected a '
-                   f'state_dict, a dict with one of {_STATE_DICT_KEYS}, or a pickled module.')
+  found = [str(k)[:40] for k in list(obj)[:10]] if isinstance(obj, Mapping) else type(obj).__name__
+  raise pth_reader.MalformedCheckpointError(
+      f'{path} holds no state_dict or nn.Module (found {found}); expected a state_dict, a '
+      f'dict with one of {_STATE_DICT_KEYS}, or a pickled module.')
 
 
 def read_state_dict(path: str):
-  """The state_dict (name → numpy array) stored in a .pth file, in whichever form."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'PyTorch checkpoint {path!r} does not exist.')
-  if zipfile.is_zipfile(path):
-    obj = _read_zip(path)
-  else:
-    with open(path, 'rb') as f:
-      magic = f.read(2)
-    if magic[:1] != b'\x80':  # every pickle protocol ≥ 2 starts with PROTO
-      raise ValueError(f'{path} is not a PyTorch checkpoint (neither a zip archive nor a '
-                       'pickle); pass a .pth written by torch.save.')
-    obj = _read_legacy(path)
-  state = _find_state_dict(obj, path)
-  return {k: v if isinstance(v, np.ndarray) else v.detach().cpu().numpy()
-          for k, v in state.items()}
+  """The state_dict (name → numpy array) stored in a .pth file, in whichever form.
+
+  The file is read as data (`pth_reader`): a pickle naming anything but tensors, storages
+  and model classes raises UnsafeCheckpointError and runs nothing.
+  """
+  obj = pth_reader.read(path)
+  try:
+    state = _find_state_dict(obj, path)
+  except RecursionError:
+    raise pth_reader.MalformedCheckpointError(
+        f'{path} nests its modules too deeply (or in a cycle).') from None
+  for name, value in state.items():
+    if not (isinstance(name, str) and isinstance(value, np.ndarray)):
+      raise pth_reader.MalformedCheckpointError(
+          f'{path}: the state_dict entry {str(name)[:80]!r} is a {type(value).__name__}, '
+          'not a tensor.')
+  return state
 
 
 def load(path: str, model_name: str, num_classes: int, **model_kwargs):
   """Reads a .pth file and returns Flax variables `{'params', 'batch_stats'}`."""
-  return convert_state_dict(read_state_dict(path), model_name, num_classes, **model_kwargs)
+  state_dict = read_state_dict(path)
+  try:
+    return convert_state_dict(state_dict, model_name, num_classes, **model_kwargs)
+  except CheckpointMismatchError as e:
+    raise type(e)(f'{path}: {e}') from None
 
 
 def main(argv=None):
@@ -290,10 +243,13 @@ def main(argv=None):
   args = parser.parse_args(argv)
   from oracle_jax import checkpoints  # pylint: disable=g-import-not-at-top
   kwargs = {'small_stem': True} if args.small_stem else {}
-  variables = load(args.checkpoint, args.model, args.num_classes, **kwargs)
-  checkpoints.save_model(args.out_dir, variables, model=args.model,
-                         num_classes=args.num_classes, source=os.path.abspath(args.checkpoint),
-                         **kwargs)
+  try:
+    variables = load(args.checkpoint, args.model, args.num_classes, **kwargs)
+    checkpoints.save_model(args.out_dir, variables, model=args.model,
+                           num_classes=args.num_classes,
+                           source=str(fileio.path(args.checkpoint)), **kwargs)
+  except errors.UserError as e:  # anything else is a bug: keep its traceback
+    raise SystemExit('error: ' + ' '.join(str(e).split())) from None
   print(f'Wrote {args.model} ({args.num_classes} classes) to {args.out_dir}')
 
 
