@@ -241,10 +241,19 @@ def train_and_evaluate(config, workdir, *, run=None, mesh=None):
                  method=config.method, oracle=bool(config.oracle.enabled) and config.method != 'scratch',
                  dataset=config.dataset, student=config.student.model, seed=config.seed,
                  teacher_top1=teacher_eval.get('teacher_top1'),
-                 oracle_top1=teacher_eval.get('oracle_top1'))
+                 oracle_top1=teacher_eval.get('oracle_top1'),
+                 **versus_reference(config.get('reference_top1'), best_top1))
   if jax.process_index() == 0:
     (workdir / 'results.json').write_text(json.dumps(results, indent=2))
   return results
+
+
+def versus_reference(reference_top1, best_top1):
+  """`reference_top1` (%, the published figure the config reproduces) and `delta_top1`
+  (our best top-1 minus it, in points); nothing when the config names none."""
+  if not reference_top1:
+    return {}
+  return dict(reference_top1=reference_top1, delta_top1=round(100 * best_top1 - reference_top1, 2))
 
 
 def _model_meta(config, run, **extra):

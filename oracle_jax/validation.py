@@ -10,7 +10,7 @@ METHODS = ('scratch', 'kd', 'fitnet', 'at', 'dkd', 'sad')
 DTYPES = ('float32', 'bfloat16')
 # Keys that may change between a run and its resumption without changing its results.
 RESUMABLE_CHANGES = frozenset({'overwrite', 'log_every_steps', 'eval_batch_size', 'data_dir',
-                               'checkpoint_every_steps', 'keep_checkpoints'})
+                               'checkpoint_every_steps', 'keep_checkpoints', 'reference_top1'})
 
 
 class ConfigError(ValueError):
