@@ -19,13 +19,14 @@ The argument is `teacher,student[,dataset][,method=M][,recipe=R]`: dataset `cifa
   pair was released), so a sweep of `M,oracle_M` compares the two under one recipe.
 
 The recipe follows from the argument, not from --config.method: a recipe sets several
-keys at once, which a later override of `method` would not revisit. The teacher is read
-from the official repository's layout (`teacher_models/<CIFAR100|CIFAR10>/<model>/…`);
-`--config.teacher.checkpoint=zoo:official/<dataset>/<model>` fetches it instead
-(oracle_jax/zoo.py).
+keys at once, which a later override of `method` would not revisit. The teacher is the
+official one, `zoo:official/<dataset>/<model>` (oracle_jax/zoo.py: downloaded, verified and
+converted on first use); resnet110, which the zoo lacks, is read from the official
+repository's layout, `teacher_models/<CIFAR100|CIFAR10>/resnet110/…`.
 """
 from configs import common
 from configs import published
+from oracle_jax import zoo
 
 # The 16 released CIFAR-100 students: myunghakLee/Distillation-for-High-Quality-Knowledge-
 # Extraction @ 4c1143a, `student_models/CIFAR100/Hetero/<t>_2_<s>/<t>_2_<s>.json` (copied in
@@ -73,15 +74,22 @@ def parse(arg):
   return teacher, student, dataset, method, recipe
 
 
+def teacher_checkpoint(teacher, dataset):
+  """The official teacher: from the zoo where it holds it, else from the official
+  repository's layout (CIFAR-100 state_dicts model.pth, CIFAR-10 pickled modules best.pth)."""
+  name = f'official/{dataset}/{teacher}'
+  if name in zoo.REGISTRY:
+    return zoo.PREFIX + name
+  filename = 'model.pth' if dataset == 'cifar100' else 'best.pth'
+  return f'teacher_models/{dataset.upper()}/{teacher}/{filename}'
+
+
 def get_config(arg='resnet56,resnet20'):
   teacher, student, dataset, method, recipe = parse(arg)
   c = common.base_config()
   c.dataset, c.method = dataset, method
   c.teacher.model, c.student.model = teacher, student
-  # The official release: CIFAR-100 teachers are state_dicts named model.pth, CIFAR-10
-  # teachers whole pickled modules named best.pth.
-  filename = 'model.pth' if dataset == 'cifar100' else 'best.pth'
-  c.teacher.checkpoint = f'teacher_models/{dataset.upper()}/{teacher}/{filename}'
+  c.teacher.checkpoint = teacher_checkpoint(teacher, dataset)
   if dataset == 'cifar100':
     c.distill.dkd_beta = DKD_BETA.get((teacher, student), c.distill.dkd_beta)
   released = RELEASED.get((teacher, student)) if dataset == 'cifar100' else None

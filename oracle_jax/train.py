@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 from oracle_jax import checkpoints, conv, data, distill, distillers, models, parallel, validation
-from oracle_jax import metrics_io
+from oracle_jax import metrics_io, zoo
 
 
 def learning_rate_fn(config, steps_per_epoch, total_steps):
@@ -134,7 +134,7 @@ def load_teacher_variables(config, run):
   if config.method == 'scratch':
     return {}
   return parallel.replicate(checkpoints.load_teacher(
-      config.teacher.checkpoint, config.teacher.model, run.spec.num_classes,
+      zoo.resolve(config.teacher.checkpoint), config.teacher.model, run.spec.num_classes,
       run.spec.image_shape[-1], **model_kwargs(config.teacher, 'float32')), run.mesh)
 
 

@@ -22,9 +22,12 @@ def test_the_paper_pairs_need_no_files():
   c = cifar.get_config('resnet110,resnet32')
   assert (c.dataset, c.teacher.model, c.student.model) == ('cifar100', 'resnet110', 'resnet32')
   assert cifar.get_config('resnet56,resnet20,cifar10').teacher.checkpoint == \
-      'teacher_models/CIFAR10/resnet56/best.pth'
-  with pytest.raises(ValueError, match='takes "teacher,student'):
-    cifar.get_config('resnet56')
+      'zoo:official/cifar10/resnet56'
+  assert c.teacher.checkpoint == 'teacher_models/CIFAR100/resnet110/model.pth'  # not in the zoo
+  for bad in ('resnet56', 'resnet56,resnet20,cifar10,x', 'resnet56,resnet20,recipe=mine',
+              'resnet56,resnet20,method=crd', 'resnet56,resnet20,svhn'):
+    with pytest.raises(ValueError, match='takes "teacher,student'):
+      cifar.get_config(bad)
 
 
 def test_official_recipe_defaults():
