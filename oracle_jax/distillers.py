@@ -25,6 +25,9 @@ Where the numbers come from (CIFAR-100 unless said otherwise):
   code (clovaai/attention-feature-distillation `main.py` defaults, its README's CIFAR-100
   WRN-40-2→WRN-16-2 command `--beta 200`; loss `CE + alpha·KL + beta·AFD` in `utils.train_kl`).
   The official code states no other setting (ImageNet included), so 200 is used everywhere.
+  It attends over every residual block (`distill.sad_features='blocks'`, which
+  `configs/cifar.py:…,method=sad,recipe=published` sets); the default attends over the
+  stage outputs, which every model exposes.
 
 BatchNorm in the extra modules (FitNet regressor, SAD projections) always normalises with
 the statistics of the current (global) batch, as PyTorch's train mode does. The reference
