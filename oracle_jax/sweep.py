@@ -7,6 +7,7 @@ baseline (same seed: same init, batches and augmentation).
 import copy
 import csv
 import io
+import logging
 import os
 
 import numpy as np
@@ -26,6 +27,12 @@ def run_grid(config, workdir, names, seeds):
   mesh, out = parallel.make_mesh(), {}
   for name in names:
     method, oracle = variant(name)
+    if method not in (config.method, 'scratch'):
+      logging.warning(
+          "Variant %r runs under this config's %s recipe (ce_weight %g, temperature %g); "
+          'for its own recipe sweep a config built for it (e.g. configs/cifar.py:T,S,'
+          'method=%s[,recipe=published]).', name, config.method, config.ce_weight,
+          config.temperature, method)
     compiled = None
     for seed in seeds:
       c = copy.deepcopy(config)

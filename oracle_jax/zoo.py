@@ -157,8 +157,11 @@ def _convert(name, teacher, source, teacher_dir, sha256):
     checkpoints.save_model(staging, variables, model=teacher.arch, num_classes=teacher.classes,
                            dataset=teacher.dataset, zoo=name, url=teacher.url, sha256=sha256,
                            reference_top1=teacher.reference_top1)
-    if not teacher_dir.exists():  # another process may have finished first
+    try:
       staging.rename(teacher_dir)
+    except OSError:
+      if not teacher_dir.exists():  # else another process finished first: use its copy
+        raise
   finally:
     if staging.exists():
       staging.rmtree()
@@ -203,7 +206,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.command == 'list':
     for name, t in sorted(REGISTRY.items()):
-      print(f'{name:32} {t.arch:10} {t.dataset:13} top-1 {t.reference_top1:6.2f}  {t.url}')
+      print(f'{name:32} {t.arch:10} {t.dataset:13} top-1 {t.reference_top1:<7g} {t.url}')
     return 0
   from oracle_jax import user_errors  # pylint: disable=g-import-not-at-top
   try:
