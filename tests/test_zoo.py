@@ -155,3 +155,12 @@ def test_registry_matches_the_published_records():
     t = zoo.REGISTRY[f'torchvision/imagenet/{arch}']
     assert t.url == f'https://download.pytorch.org/models/{arch}-{prefix}.pth'
     assert (t.sha256, t.reference_top1, t.classes, t.arch) == (prefix, top1, 1000, arch)
+
+
+def test_official_cifar10_teacher_a_pickled_module(tmp_path, monkeypatch):
+  """The CIFAR-10 release pickles whole modules: its pinned hash and the conversion hold."""
+  name = 'official/cifar10/resnet20'
+  pth = REFERENCE_DIR / 'torch' / 'cifar10_resnet20_pickled_module.pth'
+  monkeypatch.setitem(zoo.REGISTRY, name, dataclasses.replace(zoo.REGISTRY[name], url=pth.as_uri()))
+  variables = checkpoints.load_teacher(str(zoo.fetch(name, tmp_path)), 'resnet20', 10)
+  assert_same_variables(variables, torch_import.load(str(pth), 'resnet20', 10))
