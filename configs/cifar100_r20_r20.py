@@ -1,4 +1,4 @@
-"""CIFAR-100, resnet20 → resnet20 (self-distillation), oracle KD, official recipe."""
+"""CIFAR-100, resnet20 → resnet20 (self-distillation), oracle KD, the released student's arguments."""
 from configs import cifar
 
 

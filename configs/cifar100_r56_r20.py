@@ -1,4 +1,4 @@
-"""CIFAR-100, resnet56 → resnet20, oracle KD with the official recipe."""
+"""CIFAR-100, resnet56 → resnet20, oracle KD, the released student's arguments."""
 from configs import cifar
 
 

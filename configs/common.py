@@ -73,5 +73,8 @@ def base_config():
   # 'chunked': only the weight gradients. 'auto': 'cpu' on a single CPU device, 'default'
   # (XLA's own) on GPU/TPU and on several devices.
   c.conv_impl = 'auto'
+  # A published best top-1 (%) this run reproduces, e.g. the released student's (cifar.py);
+  # results.json then shows it next to ours with the difference. 0 = none.
+  c.reference_top1 = 0.0
   c.overwrite = False                   # allow a workdir holding a run of another config
   return c

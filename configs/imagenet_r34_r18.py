@@ -2,9 +2,9 @@
 
 mdistiller (Zhao et al., DKD, CVPR 2022) `configs/imagenet/r34_r18/kd.yaml`: SGD lr 0.2 at
 batch 512, momentum 0.9, weight decay 1e-4, 100 epochs, ×0.1 at 30/60/90; KD τ = 1,
-ce_weight 0.5, α (KD weight) 0.5. The teacher is torchvision's ResNet-34 (73.31 % top-1),
-read from its `.pth` through the importer: put `resnet34-b627a593.pth` (torchvision's
-IMAGENET1K_V1 weights) in `pretrained/`.
+ce_weight 0.5, α (KD weight) 0.5. The teacher is torchvision's ResNet-34 (IMAGENET1K_V1,
+73.31 % top-1), `zoo:torchvision/imagenet/resnet34`: downloaded, verified and converted on
+first use (oracle_jax/zoo.py); or point teacher.checkpoint at `resnet34-b627a593.pth`.
 Other methods take their recipe from the config argument, not from --config.method:
 `--config=configs/imagenet_r34_r18.py:dkd` (or `:at`, `:fitnet`, …) keeps the optimizer and
 sets mdistiller's CE weight 1 for them; `dkd` also takes `configs/imagenet/r34_r18/dkd.yaml`'s
@@ -20,7 +20,7 @@ def get_config(method='kd'):
   c.method = method
   c.dataset = 'imagenet2012'
   c.teacher.model, c.student.model = 'resnet34', 'resnet18'
-  c.teacher.checkpoint = 'pretrained/resnet34-b627a593.pth'
+  c.teacher.checkpoint = 'zoo:torchvision/imagenet/resnet34'
   c.temperature, c.alpha = 1.0, 0.5
   c.ce_weight = 0.5 if method == 'kd' else 1.0  # mdistiller: KD 0.5; AT, DKD, FitNet 1
   c.batch_size = 512

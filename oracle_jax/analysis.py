@@ -35,6 +35,7 @@ from oracle_jax import fileio
 from oracle_jax import models
 from oracle_jax import oracle
 from oracle_jax import parallel
+from oracle_jax import zoo
 
 DEFAULT_GAMMAS = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 FIGURES = ('reliability.png', 'tsne.png', 'gamma_sweep.png')
@@ -454,8 +455,9 @@ def create_teacher(config, checkpoint, device_count=None):
   model_kwargs = {'small_stem': True} if config.teacher.get('small_stem') else {}
   model = models.create(config.teacher.model, spec.num_classes, **model_kwargs,
                         conv_impl=conv.get(config.conv_impl, device_count=device_count))
-  variables = checkpoints.load_teacher(checkpoint, config.teacher.model, spec.num_classes,
-                                       in_channels=spec.image_shape[-1], **model_kwargs)
+  variables = checkpoints.load_teacher(zoo.resolve(checkpoint), config.teacher.model,
+                                       spec.num_classes, in_channels=spec.image_shape[-1],
+                                       **model_kwargs)
   return spec, model, variables
 
 

@@ -25,6 +25,9 @@ Where the numbers come from (CIFAR-100 unless said otherwise):
   code (clovaai/attention-feature-distillation `main.py` defaults, its README's CIFAR-100
   WRN-40-2→WRN-16-2 command `--beta 200`; loss `CE + alpha·KL + beta·AFD` in `utils.train_kl`).
   The official code states no other setting (ImageNet included), so 200 is used everywhere.
+  It attends over every residual block (`distill.sad_features='blocks'`, which
+  `configs/cifar.py:…,method=sad,recipe=published` sets); the default attends over the
+  stage outputs, which every model exposes.
 
 BatchNorm in the extra modules (FitNet regressor, SAD projections) always normalises with
 the statistics of the current (global) batch, as PyTorch's train mode does. The reference
@@ -148,8 +151,9 @@ class SADAttention(nn.Module):
     adaptive-average-pooled to teacher t's size (up or down), flattened, L2-normalised.
   * loss = Σ_t mean_b Σ_s att[b,t,s] · mean_positions (v_s − v_t)².
   qk_dim = 128 is the official `--qk_dim` default. The official code matches every
-  residual block's output (e.g. 9 × 27 pairs for resnet20 ← resnet56); our models expose
-  stage outputs, so the attention runs over all stage pairs (3 × 3 on CIFAR).
+  residual block's output (e.g. 9 × 27 pairs for resnet20 ← resnet56): `SAD` with
+  `features='blocks'`; with `'stages'` the attention runs over the stage outputs (3 × 3 on
+  CIFAR), for models that expose no blocks.
   """
   qk_dim: int = 128
 
@@ -277,23 +281,49 @@ class DKD(Distiller):
     return loss, {'tckd': tckd, 'nckd': nckd, 'dkd_warmup': warmup}
 
 
+# The official SAD code's feature lists (`utils.py` LAYER): every residual block of
+# resnet20/56 (9, 27), every second one of resnet110 (27 of 54); every block elsewhere.
+SAD_BLOCK_STEP = {'resnet110': 2}
+
+
+def sad_block_step(model_name):
+  return SAD_BLOCK_STEP.get(model_name, 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class SAD(Distiller):
-  """β · SADAttention(all student stages, all teacher stages) + kd_weight · KD(τ)."""
+  """β · SADAttention(student features, teacher features) + kd_weight · KD(τ); the
+  features are the stage outputs (`features='stages'`) or the residual blocks' outputs
+  (`'blocks'`, the official granularity), every `*_block_step`-th block."""
   beta: float
   qk_dim: int
   kd_weight: float
   temperature: float
+  features: str = 'stages'
+  student_block_step: int = 1
+  teacher_block_step: int = 1
   needs_features = True
+
+  def _select(self, feats, step):
+    if self.features == 'stages':
+      return stages(feats)
+    if 'blocks' not in feats:
+      raise ValueError("SAD over every block (distill.sad_features='blocks') needs a model "
+                       "exposing its blocks (the CIFAR ResNets); use 'stages' for this one.")
+    return list(feats['blocks'][step - 1::step])
+
+  def _pair(self, student_feats, teacher_feats):
+    return (self._select(student_feats, self.student_block_step),
+            self._select(teacher_feats, self.teacher_block_step))
 
   def init_modules(self, rng, student_feats, teacher_feats):
     return SADAttention(self.qk_dim).init(
-        rng, stages(_zeros_like(student_feats)), stages(_zeros_like(teacher_feats)))['params']
+        rng, *self._pair(_zeros_like(student_feats), _zeros_like(teacher_feats)))['params']
 
   def loss(self, module_params, student_logits, student_feats, teacher_logits, teacher_feats,
            labels, *, epoch):
-    sad = SADAttention(self.qk_dim).apply({'params': module_params}, stages(student_feats),
-                                          stages(teacher_feats))
+    sad = SADAttention(self.qk_dim).apply({'params': module_params},
+                                          *self._pair(student_feats, teacher_feats))
     kd = losses.kd_loss(student_logits, teacher_logits, self.temperature)
     return self.beta * sad + self.kd_weight * kd, {'sad': sad, 'kd': kd}
 
@@ -319,6 +349,7 @@ def default_distill_config():
   c.sad_beta = 200.0              # official SAD --beta 200
   c.sad_qk_dim = 128              # official SAD --qk_dim 128
   c.sad_kd_weight = 0.9           # official SAD --alpha 0.9 (its KD term)
+  c.sad_features = 'stages'       # 'blocks': every residual block, as the official code
   return c
 
 
@@ -338,5 +369,12 @@ def get(config) -> Distiller:
   if method == 'dkd':
     return DKD(alpha=d.dkd_alpha, beta=d.dkd_beta, temperature=d.dkd_temperature,
                warmup_epochs=d.dkd_warmup_epochs)
+  features = d.get('sad_features', 'stages')
+  if features not in ('stages', 'blocks'):
+    raise ValueError(f"distill.sad_features must be 'stages' or 'blocks', got {features!r}.")
+  steps = {}
+  if features == 'blocks':
+    steps = dict(student_block_step=sad_block_step(config.student.model),
+                 teacher_block_step=sad_block_step(config.teacher.model))
   return SAD(beta=d.sad_beta, qk_dim=d.sad_qk_dim, kd_weight=d.sad_kd_weight,
-             temperature=config.temperature)
+             temperature=config.temperature, features=features, **steps)

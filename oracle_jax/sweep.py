@@ -7,6 +7,7 @@ baseline (same seed: same init, batches and augmentation).
 import copy
 import csv
 import io
+import logging
 
 import numpy as np
 
@@ -25,6 +26,12 @@ def run_grid(config, workdir, names, seeds):
   mesh, out = parallel.make_mesh(), {}
   for name in names:
     method, oracle = variant(name)
+    if method not in (config.method, 'scratch'):
+      logging.warning(
+          "Variant %r runs under this config's %s recipe (ce_weight %g, temperature %g); "
+          'for its own recipe sweep a config built for it (e.g. configs/cifar.py:T,S,'
+          'method=%s[,recipe=published]).', name, config.method, config.ce_weight,
+          config.temperature, method)
     compiled = None
     for seed in seeds:
       c = copy.deepcopy(config)
@@ -52,23 +59,36 @@ def summarize(results, baseline):
     if baseline in results and name != baseline:
       diff = np.subtract(final, [r['final_top1'] for r in results[baseline]])
       row['diff_mean'], row['diff_std'] = _mean_std(diff)
+    if runs[0].get('reference_top1'):  # the published figure the config reproduces
+      row['reference_top1'] = runs[0]['reference_top1']
+      row['best_minus_reference'] = row['best_mean'] - row['reference_top1']
     rows[name] = row
   return rows
 
 
 def markdown(rows, baseline):
-  lines = [f'| method | final top-1 (%) | best top-1 (%) | paired diff. of final vs {baseline} |',
-           '|---|---|---|---|']
+  """The table; with a published figure (config.reference_top1), two more columns: it and
+  our mean best top-1 minus it."""
+  reference = any('reference_top1' in r for r in rows.values())
+  extra = ' released best top-1 (%) | best − released |' if reference else ''
+  lines = [f'| method | final top-1 (%) | best top-1 (%) | paired diff. of final vs {baseline} |'
+           + extra, '|---|---|---|---|' + '---|---|' * reference]
   for name, r in rows.items():
     diff = (f'{r["diff_mean"]:+.2f} ± {r["diff_std"]:.2f}' if 'diff_mean' in r else '—')
-    lines.append(f'| {name} | {r["final_mean"]:.2f} ± {r["final_std"]:.2f} | '
-                 f'{r["best_mean"]:.2f} ± {r["best_std"]:.2f} | {diff} |')
+    line = (f'| {name} | {r["final_mean"]:.2f} ± {r["final_std"]:.2f} | '
+            f'{r["best_mean"]:.2f} ± {r["best_std"]:.2f} | {diff} |')
+    if reference:
+      line += (f' {r["reference_top1"]:.2f} | {r["best_minus_reference"]:+.2f} |'
+               if 'reference_top1' in r else ' — | — |')
+    lines.append(line)
   return '\n'.join(lines)
 
 
 def to_csv(rows):
   keys = ['method', 'seeds', 'final_mean', 'final_std', 'best_mean', 'best_std', 'diff_mean',
           'diff_std']
+  if any('reference_top1' in r for r in rows.values()):
+    keys += ['reference_top1', 'best_minus_reference']
   buffer = io.StringIO()
   writer = csv.DictWriter(buffer, keys, extrasaction='ignore')
   writer.writeheader()

@@ -16,8 +16,7 @@ import numpy as np
 import optax
 
 from oracle_jax import checkpoints, conv, data, distill, distillers, fileio, models, parallel
-from oracle_jax import validation
-from oracle_jax import metrics_io
+from oracle_jax import metrics_io, validation, zoo
 
 
 def learning_rate_fn(config, steps_per_epoch, total_steps):
@@ -134,7 +133,7 @@ def load_teacher_variables(config, run):
   if config.method == 'scratch':
     return {}
   return parallel.replicate(checkpoints.load_teacher(
-      config.teacher.checkpoint, config.teacher.model, run.spec.num_classes,
+      zoo.resolve(config.teacher.checkpoint), config.teacher.model, run.spec.num_classes,
       run.spec.image_shape[-1], **model_kwargs(config.teacher, 'float32')), run.mesh)
 
 
@@ -241,10 +240,19 @@ def train_and_evaluate(config, workdir, *, run=None, mesh=None):
                  method=config.method, oracle=bool(config.oracle.enabled) and config.method != 'scratch',
                  dataset=config.dataset, student=config.student.model, seed=config.seed,
                  teacher_top1=teacher_eval.get('teacher_top1'),
-                 oracle_top1=teacher_eval.get('oracle_top1'))
+                 oracle_top1=teacher_eval.get('oracle_top1'),
+                 **versus_reference(config.get('reference_top1'), best_top1))
   if jax.process_index() == 0:
     fileio.write_json(workdir / 'results.json', results)
   return results
+
+
+def versus_reference(reference_top1, best_top1):
+  """`reference_top1` (%, the published figure the config reproduces) and `delta_top1`
+  (our best top-1 minus it, in points); nothing when the config names none."""
+  if not reference_top1:
+    return {}
+  return dict(reference_top1=reference_top1, delta_top1=round(100 * best_top1 - reference_top1, 2))
 
 
 def _model_meta(config, run, **extra):

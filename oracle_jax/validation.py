@@ -10,7 +10,8 @@ METHODS = ('scratch', 'kd', 'fitnet', 'at', 'dkd', 'sad')
 DTYPES = ('float32', 'bfloat16')
 # Keys that may change between a run and its resumption without changing its results.
 RESUMABLE_CHANGES = frozenset({'overwrite', 'log_every_steps', 'eval_batch_size', 'data_dir',
-                               'checkpoint_every_steps', 'keep_checkpoints', 'tensorboard'})
+                               'checkpoint_every_steps', 'keep_checkpoints', 'tensorboard',
+                               'reference_top1'})
 
 
 class ConfigError(ValueError):

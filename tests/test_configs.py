@@ -13,7 +13,8 @@ from oracle_jax import checkpoints, data, models, train
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 SHIPPED = sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
-                 if f.endswith('.py') and f not in ('__init__.py', 'common.py', 'default.py'))
+                 if f.endswith('.py') and f not in ('__init__.py', 'common.py', 'default.py',
+                                                    'published.py'))
 
 
 def test_the_paper_pairs_need_no_files():
@@ -21,17 +22,23 @@ def test_the_paper_pairs_need_no_files():
   c = cifar.get_config('resnet110,resnet32')
   assert (c.dataset, c.teacher.model, c.student.model) == ('cifar100', 'resnet110', 'resnet32')
   assert cifar.get_config('resnet56,resnet20,cifar10').teacher.checkpoint == \
-      'teacher_models/CIFAR10/resnet56/best.pth'
-  with pytest.raises(ValueError, match='takes "teacher,student'):
-    cifar.get_config('resnet56')
+      'zoo:official/cifar10/resnet56'
+  assert c.teacher.checkpoint == 'teacher_models/CIFAR100/resnet110/model.pth'  # not in the zoo
+  for bad in ('resnet56', 'resnet56,resnet20,cifar10,x', 'resnet56,resnet20,recipe=mine',
+              'resnet56,resnet20,method=crd', 'resnet56,resnet20,svhn'):
+    with pytest.raises(ValueError, match='takes "teacher,student'):
+      cifar.get_config(bad)
 
 
 def test_official_recipe_defaults():
-  from configs import cifar100_r56_r20, imagenet_r34_r18  # pylint: disable=g-import-not-at-top
-  c = cifar100_r56_r20.get_config()
+  from configs import cifar10_r56_r20, cifar100_r56_r20, imagenet_r34_r18  # pylint: disable=g-import-not-at-top
+  c = cifar10_r56_r20.get_config()
   assert (c.optimizer.learning_rate, c.optimizer.momentum, c.optimizer.weight_decay) == (0.05, 0.9, 2.5e-4)
   assert (c.batch_size, c.num_epochs, tuple(c.schedule.decay_epochs)) == (64, 240, (150, 180, 210))
   assert (c.temperature, c.alpha, c.ce_weight, c.oracle.gamma) == (4.0, 1.0, 1.0, 1.0)
+  c = cifar100_r56_r20.get_config()  # the released student's run (tests/test_recipes.py)
+  assert (c.temperature, c.alpha, c.ce_weight, c.oracle.gamma, c.reference_top1) == \
+      (2.0, 1.0, 0.5, 0.5, 71.54)
   c = imagenet_r34_r18.get_config()
   assert (c.optimizer.learning_rate, c.batch_size, c.optimizer.weight_decay) == (0.2, 512, 1e-4)
   assert (c.num_epochs, tuple(c.schedule.decay_epochs)) == (100, (30, 60, 90))

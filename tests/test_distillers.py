@@ -347,8 +347,8 @@ def test_every_method_on_the_models_features_dicts():
     shapes[role] = jax.eval_shape(lambda v, m=model: m.apply(v, x, return_features=True)[1],
                                   variables)
   r = np.random.default_rng(1)
-  s_feats, t_feats = ({k: np.maximum(r.normal(size=v.shape), 0).astype(np.float32)
-                       for k, v in shapes[role].items()} for role in ('student', 'teacher'))
+  s_feats, t_feats = (jax.tree.map(lambda v: np.maximum(r.normal(size=v.shape), 0).astype(
+      np.float32), shapes[role]) for role in ('student', 'teacher'))
   y = LABELS[:4]
   for method in distillers.METHODS:
     d = distillers.get(config(method))

@@ -77,7 +77,12 @@ def test_feature_api_shapes(name):
   assert logits.shape == (3, 7) and logits.dtype == jnp.float32
   stages = [k for k in feats if k.startswith('stage')]
   assert stages == [f'stage{i}' for i in range(1, len(stages) + 1)] and len(stages) in (3, 4)
-  assert set(feats) == {'stem', *stages, 'pooled', 'logits'}
+  cifar_resnet = name.startswith('resnet') and name not in models.IMAGENET_MODELS
+  assert set(feats) == {'stem', *stages, 'pooled', 'logits', *(['blocks'] * cifar_resnet)}
+  if cifar_resnet:  # every residual block, the last of each stage being the stage output
+    depth = int(name[len('resnet'):].split('x')[0])
+    assert len(feats['blocks']) == (depth - 2) // 2
+    assert feats['blocks'][-1].shape == feats[stages[-1]].shape
   assert feats['pooled'].shape == (3, feats[stages[-1]].shape[-1])
   assert all(feats[k].ndim == 4 and feats[k].shape[0] == 3 for k in ['stem', *stages])
 

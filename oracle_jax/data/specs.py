@@ -27,18 +27,19 @@ def _specs():
       #   (x / 255).mean(), (x / 255).std()  # float64, population std
       # = 0.305604, 0.375962; tests/test_data.py recomputes them.
       DatasetSpec('digits', 10, (8, 8, 1), (0.3056,), (0.3760,), 0, 'test', False),
-      # The official oracle-KD code's CIFAR-10 transforms (true per-channel train
-      # statistics, unlike the common (0.2023, 0.1994, 0.2010) std).
+      # The official oracle-KD code's CIFAR-10 transforms (`dataset.py`; true per-channel
+      # train statistics, unlike the common (0.2023, 0.1994, 0.2010) std).
       DatasetSpec('cifar10', 10, (32, 32, 3), (0.4914, 0.4822, 0.4465),
                   (0.2470, 0.2435, 0.2616), 0, 'test', False),
       # RepDistiller's CIFAR-100 transforms (dataset/cifar100.py), which the
-      # official oracle-KD code and its released teachers use.
+      # official oracle-KD code (`dataset.py`) and its released teachers use.
       DatasetSpec('cifar100', 100, (32, 32, 3), (0.5071, 0.4867, 0.4408),
                   (0.2675, 0.2565, 0.2761), 20, 'test', False),
-      # The per-channel statistics of the Tiny-ImageNet train set used by
-      # common Tiny-ImageNet KD code.
+      # The official oracle-KD code's Tiny-ImageNet transforms (`dataset.py` @ c08dbfb):
+      # mean as the common train statistics, std (0.2764, 0.2689, 0.2816), not the
+      # (0.2302, 0.2265, 0.2262) common elsewhere, which this spec used before.
       DatasetSpec('tiny_imagenet', 200, (64, 64, 3), (0.4802, 0.4481, 0.3975),
-                  (0.2302, 0.2265, 0.2262), 0, 'validation', True),
+                  (0.2764, 0.2689, 0.2816), 0, 'validation', True),
       # torchvision's ImageNet statistics, which torchvision-trained teachers expect.
       DatasetSpec('imagenet2012', 1000, (224, 224, 3), (0.485, 0.456, 0.406),
                   (0.229, 0.224, 0.225), 0, 'validation', True),

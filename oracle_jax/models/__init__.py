@@ -3,7 +3,8 @@
 Every module's `apply(variables, images_nhwc, train=False)` returns float32 logits;
 `return_features=True` returns `(logits, features)` with features
 `{'stem', 'stage1', …, 'pooled', 'logits'}` (stage outputs after their ReLU, as
-RepDistiller's `is_feat=True`), the one API the feature distillers use.
+RepDistiller's `is_feat=True`), the one API the feature distillers use; the CIFAR ResNets
+add `'blocks'`, every residual block's output (for SAD at the official granularity).
 Train mode needs `mutable=['batch_stats']`.
 """
 import functools

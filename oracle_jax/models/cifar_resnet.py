@@ -31,13 +31,17 @@ class CifarResNet(nn.Module):
     x = layers.conv(self.widths[0], 3, name='conv1', dtype=self.dtype,
                     conv_general_dilated=self.conv_impl)(x)
     x = nn.relu(layers.BatchNorm(not train, dtype=self.dtype, name='bn1')(x))
-    feats = {'stem': x}
+    feats, blocks = {'stem': x}, []
     for stage, width in enumerate(self.widths[1:], start=1):
       for i in range(blocks_per_stage):
         stride = 2 if stage > 1 and i == 0 else 1
         x = BasicBlock(width, stride, train, self.dtype, self.conv_impl,
                        name=f'layer{stage}_{i}')(x)
+        blocks.append(x)
       feats[f'stage{stage}'] = x
+    # Every block's output after its ReLU: the official SAD code's `is_feat` list (its
+    # f1_act + f2_act + f3_act), which it distils block by block.
+    feats['blocks'] = tuple(blocks)
     pooled = layers.global_avg_pool(x)
     logits = layers.classifier(self.num_classes, self.widths[-1])(pooled)
     feats.update(pooled=pooled, logits=logits)
