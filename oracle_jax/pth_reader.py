@@ -697,8 +697,9 @@ def read(path):
   CheckpointNotFoundError, each with a one-line message naming the file.
   """
   file = fileio.path(path)
-  if not file.exists():
-    raise CheckpointNotFoundError(f'PyTorch checkpoint {str(file)!r} does not exist.')
+  if not file.is_file():
+    raise CheckpointNotFoundError(f'PyTorch checkpoint {str(file)!r} does not exist (or is '
+                                  'not a file).')
   try:
     with file.open('rb') as f:
       head = f.read(4)

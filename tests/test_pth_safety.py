@@ -444,7 +444,13 @@ MALFORMED = {
     'modules in a cycle': (
         g('models.resnet', 'ResNet') + b')\x81' + put(7) +
         dict_of({'_modules': dict_of({'self': get(7)})}) + b'b', {},
-        'nests its modules too deeply'),
+        'its pickled module has more than 100000 submodules'),
+    'modules shared in a lattice (2**40 paths)': (
+        b''.join(g('models.resnet', 'Block') + b')\x81' +
+                 dict_of({'_modules': dict_of({'a': get(i + 1), 'b': get(i + 1)})
+                                      if i < 40 else v({})}) + b'b' + put(i) + (b'0' if i else b'')
+                 for i in range(40, -1, -1)), {},
+        'its pickled module has more than 100000 submodules'),
 }
 
 
@@ -525,6 +531,8 @@ def test_malformed_legacy(tmp_path):
 def test_missing_file_and_not_a_checkpoint(tmp_path):
   with pytest.raises(pth_reader.CheckpointNotFoundError, match='does not exist'):
     torch_import.read_state_dict(str(tmp_path / 'absent.pth'))
+  with pytest.raises(pth_reader.CheckpointNotFoundError, match='or is not a file'):
+    torch_import.read_state_dict(str(tmp_path))
   (tmp_path / 'text.pth').write_text('hello')
   with pytest.raises(pth_reader.MalformedCheckpointError, match='is not a PyTorch checkpoint'):
     torch_import.read_state_dict(str(tmp_path / 'text.pth'))
