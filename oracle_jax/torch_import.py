@@ -166,9 +166,9 @@ def to_state_dict(variables):
 
 def _entries(module, field, path):
   entries = module.state.get(field) or {}
-  if not isinstance(entries, Mapping):
+  if not (isinstance(entries, Mapping) and all(isinstance(k, str) for k in entries)):
     raise pth_reader.MalformedCheckpointError(
-        f'{path}: a pickled module\'s {field} is a {type(entries).__name__}, not a dict.')
+        f'{path}: a pickled module\'s {field} is not a dict of names.')
   return entries
 
 
@@ -215,7 +215,8 @@ def _find_state_dict(obj, path):
     if key is None:
       break
     obj = obj[key]
-  found = [str(k)[:40] for k in list(obj)[:10]] if isinstance(obj, Mapping) else type(obj).__name__
+  found = ([k[:40] if isinstance(k, str) else type(k).__name__ for k in list(obj)[:10]]
+           if isinstance(obj, Mapping) else type(obj).__name__)
   raise pth_reader.MalformedCheckpointError(
       f'{path} holds no state_dict or nn.Module (found {found}); expected a state_dict, a '
       f'dict with one of {_STATE_DICT_KEYS}, or a pickled module.')
@@ -229,9 +230,12 @@ def read_state_dict(path: str):
   """
   state = _find_state_dict(pth_reader.read(path), path)
   for name, value in state.items():
-    if not (isinstance(name, str) and isinstance(value, np.ndarray)):
+    if not isinstance(name, str):
       raise pth_reader.MalformedCheckpointError(
-          f'{path}: the state_dict entry {str(name)[:80]!r} is a {type(value).__name__}, '
+          f'{path}: a state_dict key is a {type(name).__name__}, not a name.')
+    if not isinstance(value, np.ndarray):
+      raise pth_reader.MalformedCheckpointError(
+          f'{path}: the state_dict entry {name[:80]!r} is a {type(value).__name__}, '
           'not a tensor.')
   return state
 

@@ -412,7 +412,13 @@ MALFORMED = {
                                           r'not a storage reference \(found a str\)'),
     'storage reference with a non-string key': (
         dict_of({'w': b'(' + v('storage') + g('torch', 'FloatStorage') + v(0) + v('cpu') +
-                      v(4) + b'tQ'}), FOUR, "the storage reference '0' is malformed"),
+                      v(4) + b'tQ'}), FOUR, 'the storage reference with key <int> is malformed'),
+    'storage key nested 100000 deep': (
+        dict_of({'w': b'(' + v('storage') + g('torch', 'FloatStorage') + v(0) +
+                      b'\x85' * 100_000 + v('cpu') + v(4) + b'tQ'}), FOUR,
+        'the storage reference with key <tuple> is malformed'),
+    'a 5000-digit state_dict key': (b'}' + v(10**5000) + v(1.0) + b's', {},
+                                    r'holds no state_dict or nn.Module \(found \[\'int\'\]\)'),
     'unknown rebuild function': (
         dict_of({'w': call(g('torch._utils', '_rebuild_qtensor'), v(1))}), FOUR,
         r'a kind of tensor this reader does not read \(torch._utils._rebuild_qtensor\)'),
@@ -441,6 +447,10 @@ MALFORMED = {
         g('models.resnet', 'ResNet') + b')\x81' +
         dict_of({'_modules': v({}), '_parameters': v({'w': 'text'})}) + b'b', {},
         "the state_dict entry 'w' is a str, not a tensor"),
+    'module entry with a 5000-digit name': (
+        g('models.resnet', 'ResNet') + b')\x81' +
+        dict_of({'_modules': v({}), '_parameters': b'}' + v(10**5000) + v(1) + b's'}) + b'b',
+        {}, "a pickled module's _parameters is not a dict of names"),
     'modules in a cycle': (
         g('models.resnet', 'ResNet') + b')\x81' + put(7) +
         dict_of({'_modules': dict_of({'self': get(7)})}) + b'b', {},
@@ -516,6 +526,9 @@ def test_malformed_legacy(tmp_path):
                   "the data of storage '0' is missing"),
       'version': (header.replace(pickle.dumps(1001, protocol=2), pickle.dumps(999, protocol=2))
                   + good + tail, 'its legacy format version is 999, not 1001'),
+      'a 5000-digit version': (
+          header.replace(pickle.dumps(1001, protocol=2), pickle.dumps(10**5000, protocol=2)) +
+          good + tail, 'its legacy format version is <int>, not 1001'),
       'plain pickle': (pickle.dumps({'w': [1.0]}, protocol=2),
                        'it is a pickle but not one written by torch.save'),
       'zip persistent id': (header + program(one_tensor('0', 4, (4,), (1,))) + tail,
