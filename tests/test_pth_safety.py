@@ -597,10 +597,6 @@ def test_hand_written_state_dict_loads_exactly(fmt, resnet8, tmp_path):
   assert_trees_equal(torch_import.load(str(path), 'resnet8', 10), variables)
 
 
-class TinyNet:  # replaced by a torch.nn.Module subclass in `torch_legacy_files`
-  pass
-
-
 def torch_module_from(state_dict, root):
   """A whole torch module tree with `state_dict`'s names (generic nn.Modules inside)."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -620,20 +616,35 @@ def torch_module_from(state_dict, root):
   return root
 
 
+def torch_save_module(path, state_dict, package, fmt):
+  """torch.save of a whole module of class `<package>.Net`, a package that exists only
+  while torch.save looks the class up (as the user's model code would)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  fake = types.ModuleType(package)
+  fake.Net = type('Net', (torch.nn.Module,), {'__module__': package})
+  sys.modules[package] = fake
+  try:
+    torch.save(torch_module_from(state_dict, fake.Net()), path,
+               _use_new_zipfile_serialization=fmt == 'zip')
+  finally:
+    del sys.modules[package]
+  return path
+
+
 @pytest.fixture(scope='module', name='torch_legacy_files')
 def fixture_torch_legacy_files(resnet8, tmp_path_factory):
   """torch.save'd files of resnet8: state_dict and whole module, zip and legacy."""
   import torch  # pylint: disable=g-import-not-at-top
-  global TinyNet  # pickled by reference: torch.save needs it importable from this module
-  TinyNet = type('TinyNet', (torch.nn.Module,), {'__module__': __name__})
   tensors = {k: torch.from_numpy(a.copy()) for k, a in resnet8[1].items()}
-  module = torch_module_from(resnet8[1], TinyNet())
+  directory = tmp_path_factory.mktemp('torch')
   files = {}
-  for name, obj in [('state_dict', tensors), ('module', module)]:
-    for fmt in ('zip', 'legacy'):
-      path = tmp_path_factory.mktemp('torch') / f'{name}_{fmt}.pth'
-      torch.save(obj, path, _use_new_zipfile_serialization=fmt == 'zip')
-      files[name if fmt == 'legacy' else f'{name}_zip'] = path
+  for fmt in ('zip', 'legacy'):
+    suffix = '_zip' if fmt == 'zip' else ''
+    files[f'state_dict{suffix}'] = directory / f'state_dict{suffix}.pth'
+    torch.save(tensors, files[f'state_dict{suffix}'],
+               _use_new_zipfile_serialization=fmt == 'zip')
+    files[f'module{suffix}'] = torch_save_module(directory / f'module{suffix}.pth',
+                                                 resnet8[1], 'my_models', fmt)
   return files
 
 
@@ -717,17 +728,10 @@ def test_big_endian_storages(tmp_path):
   np.testing.assert_array_equal(read, values.reshape(2, 2, order='F'))
 
 
+@pytest.mark.parametrize('fmt', ['zip', 'legacy'])
 def test_whole_module_of_an_importable_hostile_package_is_never_imported(
-    resnet8, tmp_path, evil_models):
+    fmt, resnet8, tmp_path, evil_models):
   """Model classes named by a genuine pickled module become stand-ins, never imports."""
-  import torch  # pylint: disable=g-import-not-at-top
-  fake = types.ModuleType('evil_models')
-  fake.Net = type('Net', (torch.nn.Module,), {'__module__': 'evil_models'})
-  sys.modules['evil_models'] = fake  # only while torch.save looks the class up
-  try:
-    module = torch_module_from(resnet8[1], fake.Net())
-    torch.save(module, tmp_path / 'net.pth', _use_new_zipfile_serialization=False)
-  finally:
-    del sys.modules['evil_models']
-  assert_trees_equal(torch_import.load(str(tmp_path / 'net.pth'), 'resnet8', 10), resnet8[0])
+  path = torch_save_module(tmp_path / 'net.pth', resnet8[1], 'evil_models', fmt)
+  assert_trees_equal(torch_import.load(str(path), 'resnet8', 10), resnet8[0])
   assert not touched(evil_models) and 'evil_models' not in sys.modules
