@@ -68,7 +68,8 @@ class _Damaged(Exception):
 
 def _shown(text, limit=80):
   """Text from the file as one printable line (a hostile name may hold newlines)."""
-  text = str(text)
+  if not isinstance(text, str):  # str() of a hostile object may not even terminate
+    return f'<{type(text).__name__}>'
   if not text.isprintable():
     text = ascii(text)[1:-1]
   return text if len(text) <= limit else text[:limit] + '...'
@@ -309,23 +310,28 @@ class _Unpickler:
 
   def load(self, stream):
     """Reads one pickle from `stream` (up to its STOP) and returns its object."""
-    try:
-      ops = list(pickletools.genops(stream))
-    except ValueError as e:  # an unknown opcode, a truncated argument, no STOP
-      raise _Damaged(f'its pickle is malformed ({_shown(e)})') from None
-    for op, arg, _ in ops:  # refuse before anything runs
+    start = stream.tell()
+    for op, arg, _ in self._opcodes(stream):  # refuse before anything runs
       if op.name in ('GLOBAL', 'INST'):
         _resolve(*arg.split(' ', 1))
       if op.name not in _HANDLERS:
         raise _Refused(f'the pickle opcode {op.name} (never written by torch)')
+    stream.seek(start)
     self._stack, self._marks, self._memo = [], [], {}
-    for op, arg, position in ops:
+    for op, arg, position in self._opcodes(stream):
       try:
         _HANDLERS[op.name](self, arg)
       except (IndexError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise _Damaged(f'its pickle is malformed at byte {position} ({op.name}: '
-                       f'{type(e).__name__} {_shown(e)})') from None
+                       f'{type(e).__name__} {_shown(str(e))})') from None
     return self._result
+
+  @staticmethod
+  def _opcodes(stream):
+    try:
+      yield from pickletools.genops(stream)
+    except ValueError as e:  # an unknown opcode, a truncated argument, no STOP
+      raise _Damaged(f'its pickle is malformed ({_shown(str(e))})') from None
 
   def _pop_mark(self):
     items, self._stack = self._stack, self._marks.pop()
@@ -520,7 +526,7 @@ def _storage_reference(pid, length):
   element_type, key, location, numel = pid[1:5]
   if not (isinstance(element_type, _ElementType) and isinstance(key, str) and
           isinstance(location, str) and _is_count(numel)):
-    raise _Damaged(f'the storage reference {_shown(key)!r} is malformed')
+    raise _Damaged(f'the storage reference with key {_shown(key)} is malformed')
   return element_type, key, numel
 
 
@@ -542,7 +548,7 @@ class _ZipRecords:
     try:
       self.archive = zipfile.ZipFile(file)
     except _ZIP_ERRORS as e:
-      raise _Damaged(f'it is a truncated or damaged zip archive ({_shown(e)})') from None
+      raise _Damaged(f'it is a truncated or damaged zip archive ({_shown(str(e))})') from None
 
   def info(self, name):
     try:
@@ -562,7 +568,7 @@ class _ZipRecords:
     try:
       return self.archive.read(info)
     except _ZIP_ERRORS as e:
-      raise _Damaged(f'the record {name} is damaged ({_shown(e)})') from None
+      raise _Damaged(f'the record {name} is damaged ({_shown(str(e))})') from None
 
 
 class _ZipStorages:
@@ -681,7 +687,8 @@ def _read_legacy(data: bytes):
     raise _Damaged('it is a pickle but not one written by torch.save (no magic number)')
   version = _Unpickler().load(stream)
   if version != _LEGACY_VERSION:
-    raise _Damaged(f'its legacy format version is {_shown(version)}, not {_LEGACY_VERSION}')
+    shown = str(version) if isinstance(version, int) and abs(version) < 10**18 else _shown(version)
+    raise _Damaged(f'its legacy format version is {shown}, not {_LEGACY_VERSION}')
   if not isinstance(_Unpickler().load(stream), dict):  # the saving system's info: unused,
     raise _Damaged('its system-info record is malformed')  # storages are little-endian
   storages = _LegacyStorages(budget=len(data))
@@ -697,8 +704,9 @@ def read(path):
   CheckpointNotFoundError, each with a one-line message naming the file.
   """
   file = fileio.path(path)
-  if not file.exists():
-    raise CheckpointNotFoundError(f'PyTorch checkpoint {str(file)!r} does not exist.')
+  if not file.is_file():
+    raise CheckpointNotFoundError(f'PyTorch checkpoint {str(file)!r} does not exist (or is '
+                                  'not a file).')
   try:
     with file.open('rb') as f:
       head = f.read(4)

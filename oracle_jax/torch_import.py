@@ -166,39 +166,57 @@ def to_state_dict(variables):
 
 def _entries(module, field, path):
   entries = module.state.get(field) or {}
-  if not isinstance(entries, Mapping):
+  if not (isinstance(entries, Mapping) and all(isinstance(k, str) for k in entries)):
     raise pth_reader.MalformedCheckpointError(
-        f'{path}: a pickled module\'s {field} is a {type(entries).__name__}, not a dict.')
+        f'{path}: a pickled module\'s {field} is not a dict of names.')
   return entries
 
 
-def _module_state(module, path, prefix=''):
+# Far beyond any real network (resnet101 has ~350); submodules shared in a cycle or a
+# lattice would otherwise make the walk below endless or exponential.
+_MAX_MODULES = 100_000
+
+
+def _module_state(root, path):
   """Walks a pickled nn.Module (its stand-in) like `state_dict()` does."""
-  skipped = module.state.get('_non_persistent_buffers_set') or set()
-  if not isinstance(skipped, (set, frozenset)):
-    raise pth_reader.MalformedCheckpointError(
-        f'{path}: a pickled module\'s _non_persistent_buffers_set is not a set.')
-  out = {f'{prefix}{name}': value
-         for name, value in _entries(module, '_parameters', path).items() if value is not None}
-  out.update({f'{prefix}{name}': value
-              for name, value in _entries(module, '_buffers', path).items()
-              if value is not None and name not in skipped})
-  for name, child in _entries(module, '_modules', path).items():
-    if isinstance(child, pth_reader.StandIn):
-      out.update(_module_state(child, path, f'{prefix}{name}.'))
-  return out
+  out, pending = {}, [('', root)]
+  for _ in range(_MAX_MODULES):
+    if not pending:
+      return out
+    prefix, module = pending.pop()
+    skipped = module.state.get('_non_persistent_buffers_set') or set()
+    if not isinstance(skipped, (set, frozenset)):
+      raise pth_reader.MalformedCheckpointError(
+          f'{path}: a pickled module\'s _non_persistent_buffers_set is not a set.')
+    out.update({f'{prefix}{name}': value
+                for name, value in _entries(module, '_parameters', path).items()
+                if value is not None})
+    out.update({f'{prefix}{name}': value
+                for name, value in _entries(module, '_buffers', path).items()
+                if value is not None and name not in skipped})
+    children = _entries(module, '_modules', path).items()
+    pending.extend((f'{prefix}{name}.', child) for name, child in reversed(children)
+                   if isinstance(child, pth_reader.StandIn))
+  raise pth_reader.MalformedCheckpointError(
+      f'{path}: its pickled module has more than {_MAX_MODULES} submodules (shared in a '
+      'cycle?).')
 
 
 def _find_state_dict(obj, path):
-  if isinstance(obj, pth_reader.StandIn) and '_modules' in obj.state:
-    return _module_state(obj, path)
-  if isinstance(obj, Mapping):
+  """The state_dict in `obj`: itself, a module's, or one under a key such as 'model'."""
+  for _ in range(len(_STATE_DICT_KEYS) + 1):  # a dict in a dict…, each under a known key
+    if isinstance(obj, pth_reader.StandIn) and '_modules' in obj.state:
+      return _module_state(obj, path)
+    if not isinstance(obj, Mapping):
+      break
     if obj and all(isinstance(v, np.ndarray) for v in obj.values()):
       return dict(obj)
-    for key in _STATE_DICT_KEYS:
-      if key in obj:
-        return _find_state_dict(obj[key], path)
-  found = [str(k)[:40] for k in list(obj)[:10]] if isinstance(obj, Mapping) else type(obj).__name__
+    key = next((k for k in _STATE_DICT_KEYS if k in obj), None)
+    if key is None:
+      break
+    obj = obj[key]
+  found = ([k[:40] if isinstance(k, str) else type(k).__name__ for k in list(obj)[:10]]
+           if isinstance(obj, Mapping) else type(obj).__name__)
   raise pth_reader.MalformedCheckpointError(
       f'{path} holds no state_dict or nn.Module (found {found}); expected a state_dict, a '
       f'dict with one of {_STATE_DICT_KEYS}, or a pickled module.')
@@ -210,16 +228,14 @@ def read_state_dict(path: str):
   The file is read as data (`pth_reader`): a pickle naming anything but tensors, storages
   and model classes raises UnsafeCheckpointError and runs nothing.
   """
-  obj = pth_reader.read(path)
-  try:
-    state = _find_state_dict(obj, path)
-  except RecursionError:
-    raise pth_reader.MalformedCheckpointError(
-        f'{path} nests its modules too deeply (or in a cycle).') from None
+  state = _find_state_dict(pth_reader.read(path), path)
   for name, value in state.items():
-    if not (isinstance(name, str) and isinstance(value, np.ndarray)):
+    if not isinstance(name, str):
       raise pth_reader.MalformedCheckpointError(
-          f'{path}: the state_dict entry {str(name)[:80]!r} is a {type(value).__name__}, '
+          f'{path}: a state_dict key is a {type(name).__name__}, not a name.')
+    if not isinstance(value, np.ndarray):
+      raise pth_reader.MalformedCheckpointError(
+          f'{path}: the state_dict entry {name[:80]!r} is a {type(value).__name__}, '
           'not a tensor.')
   return state
 

@@ -412,7 +412,13 @@ MALFORMED = {
                                           r'not a storage reference \(found a str\)'),
     'storage reference with a non-string key': (
         dict_of({'w': b'(' + v('storage') + g('torch', 'FloatStorage') + v(0) + v('cpu') +
-                      v(4) + b'tQ'}), FOUR, "the storage reference '0' is malformed"),
+                      v(4) + b'tQ'}), FOUR, 'the storage reference with key <int> is malformed'),
+    'storage key nested 100000 deep': (
+        dict_of({'w': b'(' + v('storage') + g('torch', 'FloatStorage') + v(0) +
+                      b'\x85' * 100_000 + v('cpu') + v(4) + b'tQ'}), FOUR,
+        'the storage reference with key <tuple> is malformed'),
+    'a 5000-digit state_dict key': (b'}' + v(10**5000) + v(1.0) + b's', {},
+                                    r'holds no state_dict or nn.Module \(found \[\'int\'\]\)'),
     'unknown rebuild function': (
         dict_of({'w': call(g('torch._utils', '_rebuild_qtensor'), v(1))}), FOUR,
         r'a kind of tensor this reader does not read \(torch._utils._rebuild_qtensor\)'),
@@ -441,10 +447,20 @@ MALFORMED = {
         g('models.resnet', 'ResNet') + b')\x81' +
         dict_of({'_modules': v({}), '_parameters': v({'w': 'text'})}) + b'b', {},
         "the state_dict entry 'w' is a str, not a tensor"),
+    'module entry with a 5000-digit name': (
+        g('models.resnet', 'ResNet') + b')\x81' +
+        dict_of({'_modules': v({}), '_parameters': b'}' + v(10**5000) + v(1) + b's'}) + b'b',
+        {}, "a pickled module's _parameters is not a dict of names"),
     'modules in a cycle': (
         g('models.resnet', 'ResNet') + b')\x81' + put(7) +
         dict_of({'_modules': dict_of({'self': get(7)})}) + b'b', {},
-        'nests its modules too deeply'),
+        'its pickled module has more than 100000 submodules'),
+    'modules shared in a lattice (2**40 paths)': (
+        b''.join(g('models.resnet', 'Block') + b')\x81' +
+                 dict_of({'_modules': dict_of({'a': get(i + 1), 'b': get(i + 1)})
+                                      if i < 40 else v({})}) + b'b' + put(i) + (b'0' if i else b'')
+                 for i in range(40, -1, -1)), {},
+        'its pickled module has more than 100000 submodules'),
 }
 
 
@@ -510,6 +526,9 @@ def test_malformed_legacy(tmp_path):
                   "the data of storage '0' is missing"),
       'version': (header.replace(pickle.dumps(1001, protocol=2), pickle.dumps(999, protocol=2))
                   + good + tail, 'its legacy format version is 999, not 1001'),
+      'a 5000-digit version': (
+          header.replace(pickle.dumps(1001, protocol=2), pickle.dumps(10**5000, protocol=2)) +
+          good + tail, 'its legacy format version is <int>, not 1001'),
       'plain pickle': (pickle.dumps({'w': [1.0]}, protocol=2),
                        'it is a pickle but not one written by torch.save'),
       'zip persistent id': (header + program(one_tensor('0', 4, (4,), (1,))) + tail,
@@ -525,6 +544,8 @@ def test_malformed_legacy(tmp_path):
 def test_missing_file_and_not_a_checkpoint(tmp_path):
   with pytest.raises(pth_reader.CheckpointNotFoundError, match='does not exist'):
     torch_import.read_state_dict(str(tmp_path / 'absent.pth'))
+  with pytest.raises(pth_reader.CheckpointNotFoundError, match='or is not a file'):
+    torch_import.read_state_dict(str(tmp_path))
   (tmp_path / 'text.pth').write_text('hello')
   with pytest.raises(pth_reader.MalformedCheckpointError, match='is not a PyTorch checkpoint'):
     torch_import.read_state_dict(str(tmp_path / 'text.pth'))
@@ -576,10 +597,6 @@ def test_hand_written_state_dict_loads_exactly(fmt, resnet8, tmp_path):
   assert_trees_equal(torch_import.load(str(path), 'resnet8', 10), variables)
 
 
-class TinyNet:  # replaced by a torch.nn.Module subclass in `torch_legacy_files`
-  pass
-
-
 def torch_module_from(state_dict, root):
   """A whole torch module tree with `state_dict`'s names (generic nn.Modules inside)."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -599,20 +616,35 @@ def torch_module_from(state_dict, root):
   return root
 
 
+def torch_save_module(path, state_dict, package, fmt):
+  """torch.save of a whole module of class `<package>.Net`, a package that exists only
+  while torch.save looks the class up (as the user's model code would)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  fake = types.ModuleType(package)
+  fake.Net = type('Net', (torch.nn.Module,), {'__module__': package})
+  sys.modules[package] = fake
+  try:
+    torch.save(torch_module_from(state_dict, fake.Net()), path,
+               _use_new_zipfile_serialization=fmt == 'zip')
+  finally:
+    del sys.modules[package]
+  return path
+
+
 @pytest.fixture(scope='module', name='torch_legacy_files')
 def fixture_torch_legacy_files(resnet8, tmp_path_factory):
   """torch.save'd files of resnet8: state_dict and whole module, zip and legacy."""
   import torch  # pylint: disable=g-import-not-at-top
-  global TinyNet  # pickled by reference: torch.save needs it importable from this module
-  TinyNet = type('TinyNet', (torch.nn.Module,), {'__module__': __name__})
   tensors = {k: torch.from_numpy(a.copy()) for k, a in resnet8[1].items()}
-  module = torch_module_from(resnet8[1], TinyNet())
+  directory = tmp_path_factory.mktemp('torch')
   files = {}
-  for name, obj in [('state_dict', tensors), ('module', module)]:
-    for fmt in ('zip', 'legacy'):
-      path = tmp_path_factory.mktemp('torch') / f'{name}_{fmt}.pth'
-      torch.save(obj, path, _use_new_zipfile_serialization=fmt == 'zip')
-      files[name if fmt == 'legacy' else f'{name}_zip'] = path
+  for fmt in ('zip', 'legacy'):
+    suffix = '_zip' if fmt == 'zip' else ''
+    files[f'state_dict{suffix}'] = directory / f'state_dict{suffix}.pth'
+    torch.save(tensors, files[f'state_dict{suffix}'],
+               _use_new_zipfile_serialization=fmt == 'zip')
+    files[f'module{suffix}'] = torch_save_module(directory / f'module{suffix}.pth',
+                                                 resnet8[1], 'my_models', fmt)
   return files
 
 
@@ -696,17 +728,10 @@ def test_big_endian_storages(tmp_path):
   np.testing.assert_array_equal(read, values.reshape(2, 2, order='F'))
 
 
+@pytest.mark.parametrize('fmt', ['zip', 'legacy'])
 def test_whole_module_of_an_importable_hostile_package_is_never_imported(
-    resnet8, tmp_path, evil_models):
+    fmt, resnet8, tmp_path, evil_models):
   """Model classes named by a genuine pickled module become stand-ins, never imports."""
-  import torch  # pylint: disable=g-import-not-at-top
-  fake = types.ModuleType('evil_models')
-  fake.Net = type('Net', (torch.nn.Module,), {'__module__': 'evil_models'})
-  sys.modules['evil_models'] = fake  # only while torch.save looks the class up
-  try:
-    module = torch_module_from(resnet8[1], fake.Net())
-    torch.save(module, tmp_path / 'net.pth', _use_new_zipfile_serialization=False)
-  finally:
-    del sys.modules['evil_models']
-  assert_trees_equal(torch_import.load(str(tmp_path / 'net.pth'), 'resnet8', 10), resnet8[0])
+  path = torch_save_module(tmp_path / 'net.pth', resnet8[1], 'evil_models', fmt)
+  assert_trees_equal(torch_import.load(str(path), 'resnet8', 10), resnet8[0])
   assert not touched(evil_models) and 'evil_models' not in sys.modules
