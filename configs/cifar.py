@@ -9,6 +9,7 @@ official repository's layout (`teacher_models/<CIFAR100|CIFAR10>/<model>/…`), 
 released `.pth` files go; override with --config.teacher.checkpoint=….
 """
 from configs import common
+from oracle_jax import errors
 
 # mdistiller's per-pair DKD β on CIFAR-100 (`configs/cifar100/dkd/*.yaml`); every other
 # pair keeps its default CFG.DKD.BETA = 8 (`config.distill.dkd_beta`).
@@ -19,7 +20,7 @@ DKD_BETA = {('resnet56', 'resnet20'): 2.0, ('resnet110', 'resnet32'): 2.0,
 def get_config(arg='resnet56,resnet20'):
   parts = arg.split(',')
   if len(parts) not in (2, 3):
-    raise ValueError(f'configs/cifar.py takes "teacher,student[,dataset]", got {arg!r}.')
+    raise errors.ConfigError(f'configs/cifar.py takes "teacher,student[,dataset]", got {arg!r}.')
   teacher, student = parts[:2]
   dataset = parts[2] if len(parts) == 3 else 'cifar100'
   c = common.base_config()

@@ -12,7 +12,7 @@ import os
 import jax
 import numpy as np
 
-from oracle_jax import analysis, sweep, train
+from oracle_jax import analysis, fileio, sweep, train
 
 METHODS = ('scratch', 'kd', 'oracle_kd')
 
@@ -50,10 +50,15 @@ def format_table(rows, teacher, config):
 
 
 def run(config, workdir):
-  workdir = os.path.abspath(workdir)
-  teacher_run = os.path.join(workdir, 'teacher_run')
-  train.train_and_evaluate(teacher_config(config), teacher_run)
-  teacher_dir = os.path.join(teacher_run, 'teacher')
+  """Trains the teacher (unless `teacher.checkpoint` names one), then the students."""
+  workdir = os.fspath(fileio.path(workdir))
+  if config.teacher.checkpoint:
+    teacher_dir = config.teacher.checkpoint
+    train.prepare(config)  # the user's teacher must load before anything is written
+  else:
+    teacher_run = os.path.join(workdir, 'teacher_run')
+    train.train_and_evaluate(teacher_config(config), teacher_run)
+    teacher_dir = os.path.join(teacher_run, 'teacher')
   students = copy.deepcopy(config)
   students.teacher.checkpoint = teacher_dir
   results = sweep.run_grid(students, workdir, METHODS, config.demo_seeds)

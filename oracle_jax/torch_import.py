@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from oracle_jax import models
+from oracle_jax import errors, models
 
 _STATE_DICT_KEYS = ('state_dict', 'model_state_dict', 'model', 'net', 'student', 'module')
 _STORAGE_DTYPES = {
@@ -31,7 +31,7 @@ _STORAGE_DTYPES = {
 }
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.UserError, ValueError):
   """The checkpoint does not fit the requested model (names, shapes or class count)."""
 
 
