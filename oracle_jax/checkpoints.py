@@ -193,6 +193,7 @@ class TrainCheckpoints:
     """Returns `(state, meta)` from the newest readable step, or the inputs' if none."""
     steps = sorted(self._manager.all_steps(), reverse=True)
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_tree(state))
+    damaged = []
     for step in steps:
       try:
         restored = self._manager.restore(step, args=ocp.args.Composite(
@@ -200,28 +201,35 @@ class TrainCheckpoints:
       except (ValueError, KeyError, FileNotFoundError) as e:
         if _is_transient(e):
           raise self._read_error(step, e) from e
-        self._move_aside(step, e)
+        logging.warning('Checkpoint step %d in %s is unreadable (%s: %s); trying the '
+                        'previous one.', step, self._manager.directory, type(e).__name__,
+                        _first_line(e))
+        damaged.append(step)
         continue
       except OSError as e:
         raise self._read_error(step, e) from e
+      # Only with a step to resume from: moved-aside steps would let a rerun start afresh.
+      self._move_aside(damaged)
       return state.replace(**restored['state']), dict(restored['meta'] or {})
     if steps:
       raise UnreadableCheckpointsError(
-          f'No readable checkpoint among steps {steps} in {str(self._manager.directory)!r} '
-          '(each moved aside as <step>.unreadable-…); refusing to start from scratch. Move '
-          'the directory away to start over.')
+          f'No readable checkpoint among steps {steps} in {str(self._manager.directory)!r}; '
+          'refusing to start from scratch. Move the directory away to start over.')
     return state, {}
 
-  def _move_aside(self, step, error):
-    """Renames a damaged step out of orbax's sight, so that the step can be saved again."""
+  def _move_aside(self, steps):
+    """Renames damaged steps out of orbax's sight (kept for inspection), so that the
+    resumed run can save them again."""
+    if not steps:
+      return
     directory = self._manager.directory
-    aside = directory / f'{step}.unreadable-{time.strftime("%Y%m%dT%H%M%S")}'
-    logging.warning('Checkpoint step %d in %s is unreadable (%s: %s); moved it to %s and '
-                    'trying the previous one.', step, directory, type(error).__name__,
-                    _first_line(error), aside.name)
+    suffix = f'unreadable-{time.strftime("%Y%m%dT%H%M%S")}'
     if jax.process_index() == 0:
-      (directory / str(step)).rename(aside)
-    ocp.multihost.sync_global_processes(f'move_aside_{step}')
+      for step in steps:
+        (directory / str(step)).rename(directory / f'{step}.{suffix}')
+        logging.warning('Moved the unreadable checkpoint step %d to %s.', step,
+                        directory / f'{step}.{suffix}')
+    ocp.multihost.sync_global_processes('move_aside_unreadable_checkpoints')
     self._manager.reload()
 
   def _read_error(self, step, error):
