@@ -19,6 +19,7 @@ from oracle_jax import errors
 
 _CONFIG_FLAG = re.compile(r'^--?config(=|$)')
 _OVERRIDE_FLAG = re.compile(r'^--?(no)?config\.([^=]+)')
+_DID_YOU_MEAN = re.compile(r'Did you mean "([^"]+)"')
 
 
 def define_config(help_text='Experiment configuration file (path[:arg]).'):
@@ -49,22 +50,29 @@ def parse_flags(argv, default_config=None):
       raise
     sys.exit(f'error: {user_error or e}')
   except (AttributeError, KeyError) as e:  # ml_collections looking up an override's key
-    key = str(e).strip('"\'')
+    chain = _chain(e)
+    key = str(chain[-1].args[0]) if chain[-1].args else ''
     bad = [m.group(2) for m in map(_OVERRIDE_FLAG.match, argv[1:])
            if m and key in m.group(2).split('.')]
-    if not bad:
+    if not isinstance(chain[-1], KeyError) or not bad:
       raise
-    sys.exit(f'error: --config.{bad[0]}: the config has no key {key!r}; check its '
-             'spelling against the config file.')
+    hint = next(filter(None, (_DID_YOU_MEAN.search(str(c)) for c in chain)), None)
+    sys.exit(f'error: --config.{bad[0]}: the config has no key {key!r}; '
+             + (f'did you mean {hint.group(1)!r}?' if hint else
+                'check its spelling against the config file.'))
+
+
+def _chain(e):
+  """`e` and the exceptions it was raised from (or while handling), outermost first."""
+  chain = []
+  while e is not None and e not in chain:
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  return chain
 
 
 def _innermost_user_error(e):
-  found = None
-  while e is not None:
-    if isinstance(e, errors.UserError):
-      found = e
-    e = e.__cause__ or e.__context__
-  return found
+  return next((c for c in reversed(_chain(e)) if isinstance(c, errors.UserError)), None)
 
 
 def _with_config_file(argv, default_config):

@@ -25,6 +25,7 @@ def test_sigterm_saves_then_resume_is_exact(digits_data_dir, tmp_path):
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 143, err.decode()[-2000:]
+  assert not (workdir / 'run.lock').exists()  # released on the way out
   saved = saved_steps(workdir / 'checkpoints')
   assert len(saved) == 1 and 4 <= saved[0] < 30  # saved at the signal, not periodically
   subprocess.run(main_command(workdir, digits_data_dir, *overrides), check=True, capture_output=True)
