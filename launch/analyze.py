@@ -48,7 +48,7 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: this proc
 def default_out_dir(teacher):
   """analysis/ beside the teacher: next to a .pth, in a run's workdir (never inside an
   orbax checkpoint directory)."""
-  teacher = os.path.abspath(teacher)
+  teacher = os.path.abspath(os.path.expanduser(teacher))
   if os.path.isfile(teacher) or not os.path.isdir(os.path.join(teacher, 'teacher')):
     return os.path.join(os.path.dirname(teacher), 'analysis')
   return os.path.join(teacher, 'analysis')

@@ -236,6 +236,14 @@ def test_overwrite_never_deletes_the_teacher_the_run_reads(digits_data_dir, digi
     assert checkpoints.load_model(workdir / 'teacher')[1]['model'] == 'resnet8'
 
 
+def test_unreadable_config_json_names_the_file(digits_data_dir, tmp_path):
+  (tmp_path / 'config.json').write_text('{"dataset": "dig')  # cut short by a crash
+  config = digits_config(digits_data_dir, method='scratch')
+  with pytest.raises(errors.UserError, match=r"'.*config.json' is not valid JSON"):
+    with workdirs.exclusive(tmp_path):
+      workdirs.prepare(config, tmp_path)
+
+
 def _zero_variables(name, num_classes=100):
   shapes = jax.eval_shape(models.create(name, num_classes).init, jax.random.key(0),
                           np.zeros((1, 32, 32, 3), np.float32))
