@@ -55,7 +55,8 @@ def save_model(directory, variables, step: int = 0, **meta):
     latest = manager.latest_step()
     slot = step if latest is None or step > latest else latest + 1
     saved = manager.save(slot, args=ocp.args.Composite(
-        variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave({**meta, 'step': step})))
+        variables=ocp.args.StandardSave(variables),
+        meta=ocp.args.JsonSave({**meta, 'step': step})))
     manager.wait_until_finished()
   if not saved:
     raise RuntimeError(f'orbax did not save step {slot} into {str(directory)!r}.')
@@ -79,7 +80,8 @@ def load_model(directory):
   """Returns `(variables, meta)` of the newest step of a model checkpoint directory."""
   directory = fileio.path(directory)
   if not directory.is_dir():
-    raise CheckpointNotFoundError(f'Model checkpoint directory {str(directory)!r} does not exist.')
+    raise CheckpointNotFoundError(
+        f'Model checkpoint directory {str(directory)!r} does not exist.')
   with ocp.CheckpointManager(directory) as manager:
     step = manager.latest_step()
     if step is None:
@@ -120,8 +122,9 @@ def load_teacher(source: str, model_name: str, num_classes: int, in_channels: in
   """
   from oracle_jax import torch_import  # pylint: disable=g-import-not-at-top
   if not source:
-    raise TeacherCheckpointError('teacher.checkpoint is empty: set it to a model checkpoint directory '
-                     '(e.g. WORKDIR/teacher of a method=scratch run) or a PyTorch .pth file.')
+    raise TeacherCheckpointError(
+        'teacher.checkpoint is empty: set it to a model checkpoint directory (e.g. '
+        'WORKDIR/teacher of a method=scratch run) or a PyTorch .pth file.')
   path = fileio.path(source)
   if path.is_file():
     variables = torch_import.load(str(path), model_name, num_classes, **model_kwargs)

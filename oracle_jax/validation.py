@@ -62,7 +62,8 @@ def _describe(allowed):
 
 def _in_range(value, allowed):
   integer, low_bracket, low, high, high_bracket = _RANGE.match(allowed).groups()
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real):
+  kind = numbers.Integral if integer else numbers.Real
+  if isinstance(value, bool) or not isinstance(value, kind):
     return False
   low, high = float(low), float(high)
   return (math.isfinite(value) and (low <= value if low_bracket == '[' else low < value)

@@ -16,20 +16,23 @@ import pytest
 from helpers import REPO, digits_config, main_command, saved_steps
 
 from configs import default as default_config
-from oracle_jax import checkpoints, cli, demo, errors, models, train, validation, workdirs
+from oracle_jax import checkpoints, cli, data, demo, errors, fileio, metrics_io, models
+from oracle_jax import torch_import, train, validation, workdirs
 
 
 # --------------------------------------------------------------------- one-line errors
 
 def test_command_line_mistakes_are_one_line_and_write_nothing(digits_data_dir, tmp_path):
   cases = {
-      'unknown_key': (['--config.no_such_key=1'], "--config.no_such_key: the config has no key 'no_such_key'"),
+      'unknown_key': (['--config.no_such_key=1'],
+                      "--config.no_such_key: the config has no key 'no_such_key'"),
       'missing_config': (['--config=' + os.path.join(REPO, 'configs', 'missing.py')],
                          r"config file '.*configs/missing.py' .* does not exist"),
       'wrong_type': (['--config.batch_size=abc'], r"flag --config.batch_size=abc: invalid literal"),
       'inf_epochs': (['--config.train_steps=0', '--config.num_epochs=inf'],
                      r'num_epochs must be a number >= 0 and finite, got inf'),
-      'negative_alpha': (['--config.alpha=-1'], r'alpha must be a number >= 0 and finite, got -1.0'),
+      'negative_alpha': (['--config.alpha=-1'],
+                         r'alpha must be a number >= 0 and finite, got -1.0'),
   }
   # Started together: each process spends its time importing.
   procs = {name: subprocess.Popen(main_command(tmp_path / name, digits_data_dir, *args),
@@ -55,12 +58,13 @@ def test_bugs_keep_their_traceback(digits_data_dir, tmp_path, monkeypatch):
   with pytest.raises(TypeError, match='a tracing bug'):
     cli.run(lambda argv: train.train_and_evaluate(config, str(tmp_path)))
   assert not (tmp_path / workdirs.LOCK_NAME).exists()
+  def mistaken(argv):
+    raise errors.ConfigError('a user mistake')
   with pytest.raises(SystemExit, match=r'^error: a user mistake$'):
-    cli.run(lambda argv: (_ for _ in ()).throw(errors.ConfigError('a user mistake')))
+    cli.run(mistaken)
 
 
 def test_every_user_error_class_is_a_user_error():
-  from oracle_jax import data, fileio, metrics_io, torch_import  # pylint: disable=g-import-not-at-top
   for cls in (validation.ConfigError, checkpoints.CheckpointSaveError,
               checkpoints.TeacherCheckpointError, checkpoints.CheckpointNotFoundError,
               checkpoints.CheckpointReadError, checkpoints.UnreadableCheckpointsError,
@@ -215,7 +219,8 @@ def test_other_read_failures_stop_and_move_nothing(six_step_run, tmp_path, monke
     raise failure
   monkeypatch.setattr(checkpoints.ocp.CheckpointManager, 'restore', restore)
   expected = TypeError if isinstance(failure, TypeError) else checkpoints.CheckpointReadError
-  match = 'a bug' if expected is TypeError else r'Reading checkpoint step 6 .* failed .*nothing was moved'
+  match = ('a bug' if expected is TypeError else
+           r'Reading checkpoint step 6 .* failed .*nothing was moved')
   run = train.Run(config, jax.sharding.Mesh(np.array(jax.devices()), ('data',)))
   with pytest.raises(expected, match=match):
     checkpoints.TrainCheckpoints(str(workdir / 'checkpoints')).restore_latest(run.init_state(0))
@@ -231,7 +236,8 @@ def test_overwrite_never_deletes_the_teacher_the_run_reads(digits_data_dir, digi
     config = digits_config(digits_data_dir, method='kd', overwrite=True, **{
         'teacher.checkpoint': str(teacher), 'teacher.model': 'resnet8'})
     with pytest.raises(validation.ConfigError,
-                       match=r"overwrite=True would delete '.*run/teacher', the teacher this run reads"):
+                       match=r"overwrite=True would delete '.*run/teacher', the teacher "
+                             r"this run reads"):
       train.train_and_evaluate(config, str(workdir))
     assert checkpoints.load_model(workdir / 'teacher')[1]['model'] == 'resnet8'
 
@@ -263,7 +269,8 @@ def test_a_second_model_replaces_the_first(tmp_path):
   mine = tmp_path / 'mine'
   mine.mkdir()
   (mine / 'notes.txt').write_text('mine')
-  with pytest.raises(errors.UserError, match=r"is not a model checkpoint directory \(it holds 'notes.txt'\)"):
+  with pytest.raises(errors.UserError,
+                     match=r"is not a model checkpoint directory \(it holds 'notes.txt'\)"):
     checkpoints.save_model(mine, _zero_variables('resnet20'), model='resnet20')
   assert os.listdir(mine) == ['notes.txt']
 
