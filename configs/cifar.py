@@ -26,7 +26,7 @@ repository's layout, `teacher_models/<CIFAR100|CIFAR10>/resnet110/…`.
 """
 from configs import common
 from configs import published
-from oracle_jax import zoo
+from oracle_jax import errors, zoo
 
 # The 16 released CIFAR-100 students: myunghakLee/Distillation-for-High-Quality-Knowledge-
 # Extraction @ 4c1143a, `student_models/CIFAR100/Hetero/<t>_2_<s>/<t>_2_<s>.json` (copied in
@@ -65,11 +65,11 @@ def parse(arg):
   options = dict(p.split('=', 1) for p in parts if '=' in p)
   usage = 'configs/cifar.py takes "teacher,student[,dataset][,method=M][,recipe=R]"'
   if len(positional) not in (2, 3) or set(options) - {'method', 'recipe'}:
-    raise ValueError(f'{usage}, got {arg!r}.')
+    raise errors.ConfigError(f'{usage}, got {arg!r}.')
   teacher, student, dataset = (positional + ['cifar100'])[:3]
   method, recipe = options.get('method', 'kd'), options.get('recipe', 'oracle')
   if dataset not in DATASETS or recipe not in RECIPES or method not in published.METHODS:
-    raise ValueError(f'{usage} with dataset in {DATASETS}, method in {published.METHODS} '
+    raise errors.ConfigError(f'{usage} with dataset in {DATASETS}, method in {published.METHODS} '
                      f'and recipe in {RECIPES}; got {arg!r}.')
   return teacher, student, dataset, method, recipe
 
@@ -97,7 +97,7 @@ def get_config(arg='resnet56,resnet20'):
     c.oracle.gamma = released[0]
   if recipe == 'published':
     if dataset != 'cifar100':
-      raise ValueError(f'recipe=published exists for CIFAR-100 only (mdistiller and the '
+      raise errors.ConfigError(f'recipe=published exists for CIFAR-100 only (mdistiller and the '
                        f'official SAD code publish no CIFAR-10 recipe); got {arg!r}.')
     published.cifar100(c, method)
   elif released and method == 'kd':

@@ -13,12 +13,12 @@ import sys
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.')
+from oracle_jax import cli, errors  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+cli.define_config()
 _TEACHER = flags.DEFINE_string(
     'teacher', None, 'Orbax model checkpoint dir, run workdir or .pth file; overrides '
     'teacher.checkpoint of the config.')
@@ -57,26 +57,23 @@ def default_out_dir(teacher):
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    raise errors.UserError(f'Unexpected arguments: {argv[1:]}')
   # Imported here so that --help is instant and flags parse before JAX starts.
   import jax  # pylint: disable=g-import-not-at-top
-  from oracle_jax import analysis, fileio, parallel, user_errors  # pylint: disable=g-import-not-at-top
+  from oracle_jax import analysis, fileio, parallel  # pylint: disable=g-import-not-at-top
   parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  config = _CONFIG.value
+  config = flags.FLAGS.config
   if config is None:
-    raise app.UsageError('--config is required, e.g. --config=configs/default.py.')
+    raise errors.UserError('--config is required, e.g. --config=configs/default.py.')
   teacher = _TEACHER.value or config.teacher.checkpoint
   if not teacher:
-    raise app.UsageError('Give --teacher (or set teacher.checkpoint in the config).')
+    raise errors.UserError('Give --teacher (or set teacher.checkpoint in the config).')
   out_dir = _OUT.value or default_out_dir(teacher)
-  try:
-    report = analysis.run(
-        config, teacher=teacher, out_dir=out_dir, gammas=_GAMMAS.value, split=_SPLIT.value,
-        num_bins=_NUM_BINS.value, temperature=_TEMPERATURE.value,
-        tsne_examples=_TSNE_EXAMPLES.value, silhouette_examples=_SILHOUETTE_EXAMPLES.value,
-        max_examples=_MAX_EXAMPLES.value)
-  except user_errors.USER_ERRORS as e:
-    sys.exit(f'error: {e}')
+  report = analysis.run(
+      config, teacher=teacher, out_dir=out_dir, gammas=_GAMMAS.value, split=_SPLIT.value,
+      num_bins=_NUM_BINS.value, temperature=_TEMPERATURE.value,
+      tsne_examples=_TSNE_EXAMPLES.value, silhouette_examples=_SILHOUETTE_EXAMPLES.value,
+      max_examples=_MAX_EXAMPLES.value)
   if jax.process_index() == 0:  # Every process computes the report; one writes it.
     print(f'Wrote the report to {out_dir}')
     if _SELECT_GAMMA.value:
@@ -87,4 +84,4 @@ def main(argv):
 
 if __name__ == '__main__':
   logging.set_verbosity(logging.WARNING)  # orbax is very chatty at INFO
-  app.run(main)
+  cli.run(main)

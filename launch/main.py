@@ -8,14 +8,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from oracle_jax import cli, errors  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-config_flags.DEFINE_config_file('config', os.path.join(_REPO, 'configs', 'default.py'),
-                                'Experiment configuration file.', lock_config=True)
+_DEFAULT_CONFIG = os.path.join(_REPO, 'configs', 'default.py')
+cli.define_config(f'Experiment configuration file (path[:arg]); default {_DEFAULT_CONFIG}.')
 flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config name>).')
 flags.DEFINE_bool('dry_run', False, 'Validate config, data, teacher and devices, print the '
                   'plan, and exit without training or writing anything.')
@@ -33,25 +34,22 @@ def default_workdir():
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    raise errors.UserError(f'Unexpected arguments: {argv[1:]}')
   # Imported here so that --help is instant and flags parse before JAX starts.
-  from oracle_jax import parallel, train, user_errors  # pylint: disable=g-import-not-at-top
+  from oracle_jax import parallel, train  # pylint: disable=g-import-not-at-top
   parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   config, workdir = FLAGS.config, FLAGS.workdir or default_workdir()
-  try:
-    if FLAGS.dry_run:
-      run, _ = train.prepare(config)
-      print(json.dumps(train.plan(config, run), indent=2))
-    elif config.get('demo'):
-      from oracle_jax import demo  # pylint: disable=g-import-not-at-top
-      demo.run(config, workdir)
-    else:
-      results = train.train_and_evaluate(config, workdir)
-      print(json.dumps(results, indent=2))
-  except user_errors.USER_ERRORS as e:
-    sys.exit(f'error: {e}')
+  if FLAGS.dry_run:
+    run, _ = train.prepare(config)
+    print(json.dumps(train.plan(config, run), indent=2))
+  elif config.get('demo'):
+    from oracle_jax import demo  # pylint: disable=g-import-not-at-top
+    demo.run(config, workdir)
+  else:
+    results = train.train_and_evaluate(config, workdir)
+    print(json.dumps(results, indent=2))
 
 
 if __name__ == '__main__':
   logging.set_verbosity(logging.WARNING)  # orbax is very chatty at INFO
-  app.run(main)
+  cli.run(main, default_config=_DEFAULT_CONFIG)

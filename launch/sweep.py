@@ -12,12 +12,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-config_flags.DEFINE_config_file('config', None, 'Experiment configuration file.',
-                                lock_config=True)
+from oracle_jax import cli, errors  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+cli.define_config()
 flags.DEFINE_string('workdir', None, 'Directory of the grid.', required=True)
 flags.DEFINE_list('methods', ['kd', 'oracle_kd'], "Variants: a method, or 'oracle_<method>'.")
 flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds.')
@@ -26,13 +25,13 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  del argv
-  from oracle_jax import fileio, sweep, user_errors  # pylint: disable=g-import-not-at-top
-  try:
-    results = sweep.run_grid(FLAGS.config, FLAGS.workdir, FLAGS.methods,
-                             [int(s) for s in FLAGS.seeds])
-  except user_errors.USER_ERRORS as e:
-    sys.exit(f'error: {e}')
+  if len(argv) > 1:
+    raise errors.UserError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.config is None:
+    raise errors.UserError('--config is required, e.g. --config=configs/default.py.')
+  from oracle_jax import fileio, sweep  # pylint: disable=g-import-not-at-top
+  results = sweep.run_grid(FLAGS.config, FLAGS.workdir, FLAGS.methods,
+                           [int(s) for s in FLAGS.seeds])
   rows = sweep.summarize(results, FLAGS.baseline)
   table = sweep.markdown(rows, FLAGS.baseline)
   print(table)
@@ -42,4 +41,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

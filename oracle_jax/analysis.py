@@ -32,6 +32,7 @@ from oracle_jax import checkpoints
 from oracle_jax import conv
 from oracle_jax import data
 from oracle_jax import fileio
+from oracle_jax import errors
 from oracle_jax import models
 from oracle_jax import oracle
 from oracle_jax import parallel
@@ -153,7 +154,7 @@ def select_gamma(results):
   """
   scored = [r for r in results if not math.isnan(r['silhouette_fine'])]
   if not scored:
-    raise ValueError('No γ has a silhouette score; increase --silhouette_examples.')
+    raise errors.ConfigError('No γ has a silhouette score; increase --silhouette_examples.')
   return max(scored, key=lambda r: (r['silhouette_fine'], -r['gamma']))['gamma']
 
 
@@ -167,9 +168,9 @@ def parse_gammas(values):
   try:
     gammas = sorted({float(v) for v in values})
   except ValueError:
-    raise ValueError(message) from None
+    raise errors.ConfigError(message) from None
   if not gammas or gammas[0] < 0:
-    raise ValueError(message)
+    raise errors.ConfigError(message)
   return tuple(gammas)
 
 
@@ -498,7 +499,7 @@ def run(config, *, teacher, out_dir, gammas=DEFAULT_GAMMAS, split=None, num_bins
   gammas = parse_gammas(gammas)
   temperature = config.temperature if temperature is None else temperature
   if num_bins < 1 or temperature <= 0 or tsne_examples < 2 or silhouette_examples < 2:
-    raise ValueError('num_bins must be >= 1, temperature > 0, and tsne_examples and '
+    raise errors.ConfigError('num_bins must be >= 1, temperature > 0, and tsne_examples and '
                      'silhouette_examples >= 2.')
   teacher = teacher or config.teacher.checkpoint
   mesh = parallel.make_mesh()

@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from oracle_jax import errors
+
 # Examples per weight-gradient chunk: 8 is fastest on 2 CPU cores for CIFAR ResNets
 # (benchmarks/conv_ops.py). Each chunk is one more convolution in the compiled program,
 # so larger batches use larger chunks, at most MAX_CHUNKS of them: 4 chunks of 16 or 32
@@ -263,7 +265,7 @@ def resolve(name: str, backend: Optional[str] = None,
   already run in parallel (chunked is 0.76-1.0x there, benchmarks/README.md). Other
   names are returned checked."""
   if name not in NAMES:
-    raise ValueError(f'Unknown conv_impl {name!r}; choose one of: {", ".join(NAMES)}.')
+    raise errors.ConfigError(f'Unknown conv_impl {name!r}; choose one of: {", ".join(NAMES)}.')
   if name == 'auto':
     backend = backend or jax.default_backend()
     device_count = jax.device_count() if device_count is None else device_count

@@ -48,10 +48,15 @@ def format_table(rows, teacher, config):
 
 
 def run(config, workdir):
+  """Trains the teacher (unless `teacher.checkpoint` names one), then the students."""
   workdir = fileio.path(workdir)
-  teacher_run = workdir / 'teacher_run'
-  train.train_and_evaluate(teacher_config(config), teacher_run)
-  teacher_dir = teacher_run / 'teacher'
+  if config.teacher.checkpoint:
+    teacher_dir = config.teacher.checkpoint
+    train.prepare(config)  # the user's teacher must load before anything is written
+  else:
+    teacher_run = workdir / 'teacher_run'
+    train.train_and_evaluate(teacher_config(config), teacher_run)
+    teacher_dir = teacher_run / 'teacher'
   students = copy.deepcopy(config)
   students.teacher.checkpoint = str(teacher_dir)
   results = sweep.run_grid(students, workdir, METHODS, config.demo_seeds)

@@ -8,3 +8,11 @@ imports nothing of the project, so every layer can raise its subclasses.
 
 class UserError(Exception):
   """A mistake in the user's input (config, flags, files); the message names the fix."""
+
+
+class ConfigError(UserError, ValueError):
+  """A configuration value that cannot work; the message names the key and the fix."""
+
+
+class DataError(UserError, ValueError):
+  """A dataset or data file that is malformed; the message names it and what is wrong."""

@@ -10,10 +10,11 @@ import jax
 import numpy as np
 import tqdm
 
-from oracle_jax import fileio
+from oracle_jax import errors, fileio
 
 
-class NonFiniteLossError(FloatingPointError):
+
+class NonFiniteLossError(errors.UserError, FloatingPointError):
   """A non-finite loss or gradient: the run stops, the last good checkpoint is kept."""
 
 

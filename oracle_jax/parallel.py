@@ -10,6 +10,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from oracle_jax import errors
+
 
 def make_mesh(devices=None):
   devices = jax.devices() if devices is None else devices
@@ -29,7 +31,7 @@ def check_batch_size(global_batch_size: int, mesh, micro_batches: int = 1):
   if global_batch_size % devices:
     what = f'the {mesh.devices.size} devices' + (
         f' × {micro_batches} micro-batches' if micro_batches > 1 else '')
-    raise ValueError(f'batch_size={global_batch_size} is not divisible by {what}; use a '
+    raise errors.ConfigError(f'batch_size={global_batch_size} is not divisible by {what}; use a '
                      f'multiple of {devices} (e.g. '
                      f'{max(devices, global_batch_size // devices * devices)}).')
 

@@ -15,8 +15,8 @@ import jax
 import numpy as np
 import optax
 
-from oracle_jax import checkpoints, conv, data, distill, distillers, fileio, models, parallel
-from oracle_jax import metrics_io, validation, zoo
+from oracle_jax import checkpoints, conv, data, distill, distillers, errors, fileio, metrics_io
+from oracle_jax import models, parallel, validation, workdirs, zoo
 
 
 def learning_rate_fn(config, steps_per_epoch, total_steps):
@@ -32,7 +32,7 @@ def learning_rate_fn(config, steps_per_epoch, total_steps):
   elif sched.name == 'cosine':
     main = optax.cosine_decay_schedule(base, max(1, total_steps - warmup))
   else:
-    raise ValueError(f"Unknown schedule {sched.name!r}; use 'step' or 'cosine'.")
+    raise errors.ConfigError(f"Unknown schedule {sched.name!r}; use 'step' or 'cosine'.")
   if not warmup:
     return main
   if sched.name == 'step':  # the step schedule counts epochs from the start of training
@@ -172,10 +172,14 @@ def train_and_evaluate(config, workdir, *, run=None, mesh=None):
   across seeds, as the offline default does; `mesh` defaults to all devices.
   """
   run, teacher_variables = prepare(config, run=run, mesh=mesh)
-  mesh = run.mesh
   workdir = fileio.path(workdir)
-  validation.prepare_workdir(config, workdir)  # only now: bad input writes nothing
+  with workdirs.exclusive(workdir):  # only now: bad input writes nothing
+    return _train_and_evaluate(config, workdir, run, teacher_variables)
 
+
+def _train_and_evaluate(config, workdir, run, teacher_variables):
+  workdirs.prepare(config, workdir)
+  mesh = run.mesh
   manager = checkpoints.TrainCheckpoints(workdir / 'checkpoints',
                                          keep=config.keep_checkpoints)
   state = parallel.replicate(run.init_state(config.seed), mesh)

@@ -1,21 +1,40 @@
 """Checks that turn a user's mistake into one sentence saying how to fix it, before any
 work is done or anything is written."""
-import json
+import math
+import numbers
+import re
 
-import jax
-
-from oracle_jax import conv, fileio, models
+from oracle_jax import conv, distill, models
+from oracle_jax.errors import ConfigError  # pylint: disable=unused-import  (callers catch it here)
 
 METHODS = ('scratch', 'kd', 'fitnet', 'at', 'dkd', 'sad')
 DTYPES = ('float32', 'bfloat16')
-# Keys that may change between a run and its resumption without changing its results.
-RESUMABLE_CHANGES = frozenset({'overwrite', 'log_every_steps', 'eval_batch_size', 'data_dir',
-                               'checkpoint_every_steps', 'keep_checkpoints', 'tensorboard',
-                               'reference_top1'})
+SCHEDULES = ('step', 'cosine')
 
-
-class ConfigError(ValueError):
-  """A configuration value that cannot work; the message names the key and the fix."""
+# Every numeric key and the values it takes ('int' = integers only). A sequence (decay
+# epochs, demo seeds) is checked element by element. Keys a config lacks are skipped.
+RANGES = {
+    'num_epochs': '[0, inf)', 'train_steps': 'int [0, inf)',
+    'train_examples': 'int [0, inf)', 'batch_size': 'int [1, inf)',
+    'eval_batch_size': 'int [1, inf)', 'grad_accum_steps': 'int [1, inf)',
+    'seed': 'int [0, 2147483647]', 'temperature': '(0, inf)', 'alpha': '[0, inf)',
+    'ce_weight': '[0, inf)', 'label_smoothing': '[0, 1)', 'eval_every_epochs': '[0, inf)',
+    'log_every_steps': 'int [0, inf)', 'checkpoint_every_steps': 'int [0, inf)',
+    'keep_checkpoints': 'int [1, inf)',  # 0 would let orbax delete every checkpoint
+    'oracle.gamma': '[0, inf)', 'oracle.steps': 'int [1, inf)',
+    'oracle.reference_batch_size': 'int [1, inf)',
+    'optimizer.learning_rate': '(0, inf)', 'optimizer.base_batch_size': 'int [0, inf)',
+    'optimizer.momentum': '[0, 1)', 'optimizer.weight_decay': '[0, inf)',
+    'schedule.decay_epochs': '[0, inf)', 'schedule.decay_factor': '(0, 1]',
+    'schedule.warmup_epochs': '[0, inf)',
+    'distill.fitnet_weight': '[0, inf)', 'distill.at_p': '(0, inf)',
+    'distill.at_beta': '[0, inf)', 'distill.dkd_alpha': '[0, inf)',
+    'distill.dkd_beta': '[0, inf)', 'distill.dkd_temperature': '(0, inf)',
+    'distill.dkd_warmup_epochs': '[0, inf)', 'distill.sad_beta': '[0, inf)',
+    'distill.sad_qk_dim': 'int [1, inf)', 'distill.sad_kd_weight': '[0, inf)',
+    'demo_seeds': 'int [0, 2147483647]', 'demo_teacher_steps': 'int [1, inf)',
+}
+_RANGE = re.compile(r'^(int )?([\[(])(\S+), (\S+)([\])])$')
 
 
 def _require(ok, message):
@@ -23,33 +42,68 @@ def _require(ok, message):
     raise ConfigError(message)
 
 
+def _lookup(config, key):
+  node = config
+  for part in key.split('.'):
+    if part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def _describe(allowed):
+  integer, low_bracket, low, high, high_bracket = _RANGE.match(allowed).groups()
+  what = 'an integer' if integer else 'a number'
+  if high == 'inf':
+    return f'{what} {">=" if low_bracket == "[" else ">"} {low}' + (
+        '' if integer else ' and finite')
+  return f'{what} in {allowed.removeprefix("int ")}'
+
+
+def _in_range(value, allowed):
+  integer, low_bracket, low, high, high_bracket = _RANGE.match(allowed).groups()
+  kind = numbers.Integral if integer else numbers.Real
+  if isinstance(value, bool) or not isinstance(value, kind):
+    return False
+  low, high = float(low), float(high)
+  return (math.isfinite(value) and (low <= value if low_bracket == '[' else low < value)
+          and (value <= high if high_bracket == ']' else value < high))
+
+
+def check_ranges(config):
+  """Every key of RANGES the config has, against its range; one sentence on the first bad."""
+  for key, allowed in RANGES.items():
+    value = _lookup(config, key)
+    if value is None:
+      continue
+    for i, v in enumerate(value) if isinstance(value, (tuple, list)) else [(None, value)]:
+      name = key if i is None else f'{key}[{i}]'
+      _require(_in_range(v, allowed), f'{name} must be {_describe(allowed)}, got {v!r}.')
+
+
 def validate_config(config):
   from oracle_jax import data  # pylint: disable=g-import-not-at-top
-  data.dataset_spec(config.dataset)  # unknown dataset → ValueError listing the known ones
+  data.dataset_spec(config.dataset)  # unknown dataset → ConfigError listing the known ones
   _require(config.method in METHODS,
            f'Unknown method {config.method!r}; choose one of {", ".join(METHODS)}.')
   names = [config.student.model] + ([config.teacher.model] if config.method != 'scratch' else [])
   for name in names:
     _require(name in models.NAMES, f'Unknown model {name!r}; choose one of: {", ".join(models.NAMES)}.')
-  _require(0 <= config.oracle.gamma < float('inf'),
-           f'oracle.gamma must be >= 0 and finite, got {config.oracle.gamma}.')
-  _require(config.oracle.steps >= 1, f'oracle.steps must be >= 1, got {config.oracle.steps}.')
-  _require(config.oracle.reference_batch_size >= 1,
-           f'oracle.reference_batch_size must be >= 1, got {config.oracle.reference_batch_size}.')
-  _require(config.temperature > 0, f'temperature must be > 0, got {config.temperature}.')
-  _require(config.batch_size >= 1, f'batch_size must be >= 1, got {config.batch_size}.')
-  _require(config.grad_accum_steps >= 1 and config.batch_size % config.grad_accum_steps == 0,
-           f'grad_accum_steps={config.grad_accum_steps} must be >= 1 and divide '
+  check_ranges(config)
+  _require(config.batch_size % config.grad_accum_steps == 0,
+           f'grad_accum_steps={config.grad_accum_steps} must divide '
            f'batch_size={config.batch_size}.')
-  _require(config.train_steps >= 0, f'train_steps must be >= 0 (0 = use num_epochs), got '
-           f'{config.train_steps}.')
   _require(config.train_steps > 0 or config.num_epochs > 0,
            f'num_epochs must be > 0 when train_steps is 0, got {config.num_epochs}.')
+  _require(not (config.dataset == 'imagenet2012' and config.train_examples),
+           'train_examples is not supported for imagenet2012 (streamed); set it to 0.')
   _require(config.dtype in DTYPES, f'dtype must be one of {DTYPES}, got {config.dtype!r}.')
   _require(config.conv_impl in conv.NAMES,
            f'conv_impl must be one of {conv.NAMES}, got {config.conv_impl!r}.')
-  _require(config.optimizer.learning_rate > 0,
-           f'optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}.')
+  _require(config.optimizer.name in distill.OPTIMIZERS,
+           f'optimizer.name must be one of {distill.OPTIMIZERS}, got {config.optimizer.name!r}.')
+  _require(config.schedule.name in SCHEDULES,
+           f'schedule.name must be one of {SCHEDULES}, got {config.schedule.name!r}.')
   _require(config.method == 'scratch' or config.teacher.checkpoint,
            f'method={config.method!r} needs a teacher: set --config.teacher.checkpoint to a '
            'model checkpoint directory (e.g. WORKDIR/teacher of a method=scratch run) or a '
@@ -69,37 +123,3 @@ def check_batch(batch, spec):
   bad = labels[(labels < 0) | (labels >= spec.num_classes)]
   _require(bad.size == 0, f'Label {bad[:1].tolist()} is outside [0, {spec.num_classes}) for '
            f'dataset {spec.name!r}; fix the labels or the dataset name.')
-
-
-def prepare_workdir(config, workdir):
-  """Creates `workdir` (an `epath.Path`, local or gs://), or checks that the run it holds
-  is this config's (resumable)."""
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / f'.write_test.{jax.process_index()}'  # processes probe at once
-    probe.write_text('ok')
-    probe.unlink()
-  except OSError as e:
-    raise ConfigError(f'Workdir {str(workdir)!r} is not writable ({e.strerror or e}); pass a '
-                      '--workdir you can write to.') from None
-  path = workdir / 'config.json'
-  current = json.loads(config.to_json_best_effort())
-  if jax.process_index() != 0:  # process 0 checks and writes; the others follow it
-    return
-  if path.exists():
-    saved = json.loads(path.read_text())
-    changed = sorted(k for k in set(saved) | set(current)
-                     if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
-    if changed and not config.overwrite:
-      raise ConfigError(
-          f'Workdir {str(workdir)!r} holds a run of a different config (differs in: '
-          f'{", ".join(changed)}). Use another --workdir, or pass --config.overwrite=True '
-          'to discard that run.')
-    for name in ('checkpoints', 'best', 'teacher', 'tensorboard', 'metrics.jsonl',
-                 'results.json') if changed else ():
-      old = workdir / name
-      if old.is_dir():
-        old.rmtree()
-      elif old.exists():
-        old.unlink()
-  fileio.write_json(path, current, sort_keys=True)

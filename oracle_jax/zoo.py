@@ -208,10 +208,9 @@ def main(argv=None):
     for name, t in sorted(REGISTRY.items()):
       print(f'{name:32} {t.arch:10} {t.dataset:13} top-1 {t.reference_top1:<7g} {t.url}')
     return 0
-  from oracle_jax import user_errors  # pylint: disable=g-import-not-at-top
   try:
     teacher_dir = fetch(args.name, args.dir)
-  except user_errors.USER_ERRORS as e:
+  except errors.UserError as e:  # anything else is a bug: keep its traceback
     print(f'error: {e}', file=sys.stderr)
     return 1
   print(flags_line(args.name, teacher_dir))

@@ -1,7 +1,6 @@
 """The path layer: atomic writes survive a kill mid-write; every file the project writes
 goes through it; resumed runs do not duplicate metric lines."""
 import json
-import os
 import signal
 import subprocess
 import sys

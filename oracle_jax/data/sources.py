@@ -1,12 +1,14 @@
 """Finding, preparing and reading the TFDS data behind a DatasetSpec."""
 import numpy as np
 
+from oracle_jax import errors, fileio
+
 # Reading whole splits into memory in chunks of this many examples keeps the
 # tf.data batches (and their peak memory) bounded.
 _CHUNK = 10_000
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(errors.UserError, FileNotFoundError):
   """The data of a dataset is not where TFDS looks for it."""
 
 
@@ -22,6 +24,7 @@ def builder(spec, data_dir):
 
   `data_dir=None` means TFDS's default (`$TFDS_DATA_DIR`, else ~/tensorflow_datasets).
   """
+  data_dir = str(fileio.path(data_dir)) if data_dir else None  # `~` expanded
   import_tensorflow()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   if spec.name == 'digits':
@@ -66,10 +69,10 @@ def load_split(spec, data_dir, split):
   ds = ds.map(lambda ex: {k: ex[k] for k in keys}).batch(_CHUNK)
   chunks = list(tfds.as_numpy(ds))
   if not chunks:
-    raise ValueError(f'Split {split!r} of dataset {spec.name!r} is empty.')
+    raise errors.DataError(f'Split {split!r} of dataset {spec.name!r} is empty.')
   data = {k: np.concatenate([c[k] for c in chunks]) for k in keys}
   if data['image'].shape[1:] != spec.image_shape or data['image'].dtype != np.uint8:
-    raise ValueError(
+    raise errors.DataError(
         f'Dataset {spec.name!r} split {split!r} has images {data["image"].dtype} '
         f'{data["image"].shape[1:]}, expected uint8 {spec.image_shape}.')
   return check_labels(data, spec)
@@ -82,7 +85,7 @@ def check_labels(batch, spec):
     if key in batch:
       bad = batch[key][(batch[key] < 0) | (batch[key] >= n)]
       if bad.size:
-        raise ValueError(f'Dataset {spec.name!r} has {key} {bad[0]}, outside [0, {n}).')
+        raise errors.DataError(f'Dataset {spec.name!r} has {key} {bad[0]}, outside [0, {n}).')
       batch[key] = batch[key].astype(np.int32)
   return batch
 

@@ -4,6 +4,8 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
+from oracle_jax import errors
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
@@ -50,7 +52,7 @@ def dataset_spec(name):
   """Returns the DatasetSpec of `name`; a ValueError lists the known names."""
   specs = _specs()
   if name not in specs:
-    raise ValueError(
+    raise errors.ConfigError(
         f'Unknown dataset {name!r}; known datasets: {", ".join(sorted(specs))}.')
   return specs[name]
 

@@ -9,6 +9,7 @@ Train mode needs `mutable=['batch_stats']`.
 """
 import functools
 
+from oracle_jax import errors
 from oracle_jax.models.cifar_resnet import CifarResNet
 from oracle_jax.models.blocks import BasicBlock, Bottleneck
 from oracle_jax.models.imagenet_resnet import ImageNetResNet
@@ -36,10 +37,10 @@ NAMES = tuple(sorted(_REGISTRY))
 def create(name: str, num_classes: int, **kwargs):
   """Builds model `name`; kwargs: `dtype`, `conv_impl`, and `small_stem` (ImageNet ResNets)."""
   if name not in _REGISTRY:
-    raise ValueError(f'Unknown model {name!r}; choose one of: {", ".join(NAMES)}.')
+    raise errors.ConfigError(f'Unknown model {name!r}; choose one of: {", ".join(NAMES)}.')
   if not isinstance(num_classes, int) or num_classes < 1:
-    raise ValueError(f'num_classes must be a positive integer, got {num_classes!r}.')
+    raise errors.ConfigError(f'num_classes must be a positive integer, got {num_classes!r}.')
   if 'small_stem' in kwargs and name not in IMAGENET_MODELS:
     if kwargs.pop('small_stem'):
-      raise ValueError(f'small_stem applies to {IMAGENET_MODELS} only, not {name!r}.')
+      raise errors.ConfigError(f'small_stem applies to {IMAGENET_MODELS} only, not {name!r}.')
   return _REGISTRY[name](num_classes=num_classes, **kwargs)

@@ -9,6 +9,8 @@ import zipfile
 
 import tensorflow_datasets as tfds
 
+from oracle_jax import errors
+
 ZIP_NAME = 'tiny-imagenet-200.zip'
 URL = 'http://cs231n.stanford.edu/tiny-imagenet-200.zip'
 IMAGE_SHAPE = (64, 64, 3)
@@ -59,7 +61,7 @@ class TinyImagenet(tfds.core.GeneratorBasedBuilder):
         # File names (n01443537_0.JPEG, val_0.JPEG) are unique within a split.
         yield posixpath.basename(name), {'image': data, 'label': label}
     if not count:
-      raise ValueError(f'{path} holds no {split} images under {_ROOT}/{split}/.')
+      raise errors.DataError(f'{path} holds no {split} images under {_ROOT}/{split}/.')
 
 
 def read_labels(path):
@@ -73,11 +75,11 @@ def read_labels(path):
       wnids_txt = _read_member(zf, path, _WNIDS)
       annotations = _read_member(zf, path, _VAL_ANNOTATIONS)
   except zipfile.BadZipFile:
-    raise ValueError(f'{path} is not a zip file; expected the official {ZIP_NAME} '
+    raise errors.DataError(f'{path} is not a zip file; expected the official {ZIP_NAME} '
                      f'from {URL}.') from None
   wnids = sorted(set(wnids_txt.split()))
   if not 0 < len(wnids) <= NUM_CLASSES:
-    raise ValueError(f'{path}: {_WNIDS} lists {len(wnids)} class ids, '
+    raise errors.DataError(f'{path}: {_WNIDS} lists {len(wnids)} class ids, '
                      f'expected 1..{NUM_CLASSES}.')
   label_of = {wnid: i for i, wnid in enumerate(wnids)}
   val = {}
@@ -85,7 +87,7 @@ def read_labels(path):
     if line.strip():
       file_name, wnid = line.split('\t')[:2]
       if wnid not in label_of:
-        raise ValueError(f'{path}: {_VAL_ANNOTATIONS} labels {file_name} with '
+        raise errors.DataError(f'{path}: {_VAL_ANNOTATIONS} labels {file_name} with '
                          f'{wnid}, which is not in {_WNIDS}.')
       val[file_name] = label_of[wnid]
   return {'wnids': label_of, 'val': val}
@@ -98,12 +100,12 @@ def member_label(name, split, labels):
     return None
   if split == 'train' and len(parts) == 5 and parts[3] == 'images':
     if parts[2] not in labels['wnids']:
-      raise ValueError(f'Train image {name} is in class {parts[2]}, which is '
+      raise errors.DataError(f'Train image {name} is in class {parts[2]}, which is '
                        f'not in {_WNIDS}.')
     return labels['wnids'][parts[2]]
   if split == 'val' and len(parts) == 4 and parts[2] == 'images':
     if parts[3] not in labels['val']:
-      raise ValueError(f'Validation image {name} has no line in {_VAL_ANNOTATIONS}.')
+      raise errors.DataError(f'Validation image {name} has no line in {_VAL_ANNOTATIONS}.')
     return labels['val'][parts[3]]
   return None
 
@@ -113,12 +115,12 @@ def check_image(path, name, data):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   shape = tuple(tf.io.decode_image(data, channels=3, expand_animations=False).shape)
   if shape != IMAGE_SHAPE:
-    raise ValueError(f'{path}: {name} decodes to shape {shape}, expected {IMAGE_SHAPE}.')
+    raise errors.DataError(f'{path}: {name} decodes to shape {shape}, expected {IMAGE_SHAPE}.')
 
 
 def _read_member(zf, path, member):
   try:
     return zf.read(member).decode('utf-8')
   except KeyError:
-    raise ValueError(f'{path} has no {member}: not the official {ZIP_NAME} '
+    raise errors.DataError(f'{path} has no {member}: not the official {ZIP_NAME} '
                      f'from {URL}?') from None

@@ -1,0 +1,97 @@
+"""What the command lines share: an `--config` flag whose mistakes are one line, and
+`run(main)`, which prints a `UserError` as `error: …` (exit 1) and lets every other
+exception keep its traceback.
+
+ml_collections parses the default config file, and the `--config.key=value` overrides
+with it, as soon as the flag is defined, outside any handler; so the flag is defined
+without a default and `run` puts the default file on the command line instead, where
+the parsing happens inside `parse_flags`.
+"""
+import os
+import re
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from oracle_jax import errors
+
+_CONFIG_FLAG = re.compile(r'^--?config(=|$)')
+_OVERRIDE_FLAG = re.compile(r'^--?(no)?config\.([^=]+)')
+_DID_YOU_MEAN = re.compile(r'Did you mean "([^"]+)"')
+
+
+def define_config(help_text='Experiment configuration file (path[:arg]).'):
+  config_flags.DEFINE_config_file('config', None, help_text, lock_config=True)
+
+
+def run(main, default_config=None):
+  """`app.run(main)` with one-line user errors, flag and config mistakes included."""
+  def main_with_one_line_errors(argv):
+    try:
+      return main(argv)
+    except errors.UserError as e:
+      sys.exit(f'error: {e}')
+  app.run(main_with_one_line_errors,
+          flags_parser=lambda argv: parse_flags(argv, default_config))
+
+
+def parse_flags(argv, default_config=None):
+  try:
+    return flags.FLAGS(_with_config_file(list(argv), default_config))
+  except errors.UserError as e:  # a missing config file
+    sys.exit(f'error: {e}')
+  except flags.Error as e:
+    # absl re-raises a config file's ValueError (ml_collections adds its traceback); a
+    # UserError in that chain is the one sentence to print.
+    user_error = _innermost_user_error(e)
+    if user_error is None and '\n' in str(e):  # a config file's bug: show its traceback
+      raise
+    sys.exit(f'error: {user_error or e}')
+  except (AttributeError, KeyError) as e:  # ml_collections looking up an override's key
+    chain = _chain(e)
+    key = str(chain[-1].args[0]) if chain[-1].args else ''
+    bad = [m.group(2) for m in map(_OVERRIDE_FLAG.match, argv[1:])
+           if m and key in m.group(2).split('.')]
+    if not isinstance(chain[-1], KeyError) or not bad:
+      raise
+    hint = next(filter(None, (_DID_YOU_MEAN.search(str(c)) for c in chain)), None)
+    sys.exit(f'error: --config.{bad[0]}: the config has no key {key!r}; '
+             + (f'did you mean {hint.group(1)!r}?' if hint else
+                'check its spelling against the config file.'))
+
+
+def _chain(e):
+  """`e` and the exceptions it was raised from (or while handling), outermost first."""
+  chain = []
+  while e is not None and e not in chain:
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  return chain
+
+
+def _innermost_user_error(e):
+  return next((c for c in reversed(_chain(e)) if isinstance(c, errors.UserError)), None)
+
+
+def _with_config_file(argv, default_config):
+  """`argv` with `--config=default_config` added if absent; a missing file is a UserError."""
+  given = [i for i, a in enumerate(argv) if _CONFIG_FLAG.match(a)]
+  if not given and default_config:
+    argv.insert(1, f'--config={default_config}')
+    given = [1]
+  overrides = [a for a in argv[1:] if _OVERRIDE_FLAG.match(a)]
+  if overrides and not given:
+    raise errors.ConfigError(f'{overrides[0]} overrides a key of the config file: pass '
+                             '--config=configs/<file>.py before it.')
+  for i in given:
+    if '=' in argv[i]:
+      value = argv[i].split('=', 1)[1]
+    else:
+      value = argv[i + 1] if i + 1 < len(argv) else ''
+    path = value.split(':', 1)[0]
+    if not os.path.isfile(path):
+      raise errors.ConfigError(f'The config file {path!r} (--config={value}) does not '
+                               'exist; pass a path to a configs/*.py file.')
+  return argv
