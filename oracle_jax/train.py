@@ -9,15 +9,13 @@ import functools
 import json
 import logging
 import math
-import signal
-import threading
 
 import jax
 import numpy as np
 import optax
 
 from oracle_jax import checkpoints, conv, data, distill, distillers, models, parallel, validation
-from oracle_jax import metrics_io
+from oracle_jax import metrics_io, preemption
 
 
 def learning_rate_fn(config, steps_per_epoch, total_steps):
@@ -194,8 +192,7 @@ def train_and_evaluate(config, workdir, *, run=None, mesh=None):
   eval_every = int(round(config.eval_every_epochs * run.steps_per_epoch))
   pending = []  # device metrics not yet fetched: fetched at log/checkpoint time only
   last_eval, train_loss = meta.get('last_eval', {}), meta.get('train_loss', float('nan'))
-  preempted = threading.Event()
-  previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.set())
+  preemption_notice = preemption.Notice(start)  # every process stops at the same step
   progress = metrics_io.Progress(run.total_steps, start, config.batch_size, enabled=jax.process_index() == 0)
   key = jax.random.key(config.seed)
   try:
@@ -206,7 +203,7 @@ def train_and_evaluate(config, workdir, *, run=None, mesh=None):
       batch = parallel.global_batch(host_batch, mesh)
       state, metrics = train_step(state, teacher_variables, batch, jax.random.fold_in(key, step))
       pending.append((step, metrics))
-      stop = preempted.is_set()
+      stop = preemption_notice.reached(step)
       if _every(step, config.log_every_steps, run.total_steps) or stop:
         train_loss = writer.write_train(pending, manager.latest_step()) or train_loss
         pending = []
@@ -225,10 +222,11 @@ def train_and_evaluate(config, workdir, *, run=None, mesh=None):
         manager.save(step, state, dict(best_top1=best_top1, last_eval=last_eval,
                                        train_loss=train_loss))
       if stop:
-        logging.warning('SIGTERM: saved step %d, exiting; rerun the same command to resume.', step)
+        logging.warning('Preempted (SIGTERM): saved step %d, exiting; rerun the same command '
+                        'to resume.', step)
         raise SystemExit(143)
   finally:  # on any exit, finish the saves in flight: the last good checkpoint survives
-    signal.signal(signal.SIGTERM, previous_handler)
+    preemption_notice.close()
     progress.close()
     manager.close()
     writer.close()
