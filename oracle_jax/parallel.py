@@ -4,6 +4,8 @@ The batch is sharded over the `data` axis and the state replicated; XLA inserts 
 gradient and BatchNorm all-reduces. The same program runs on one CPU, several devices
 and multi-host pods (where each process feeds its own part of the global batch).
 """
+import collections
+import itertools
 import logging
 
 import jax
@@ -39,6 +41,24 @@ def global_batch(local_batch: dict, mesh):
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v)
           for k, v in local_batch.items()}
+
+
+def prefetch_to_devices(host_batches, mesh, size=2):
+  """`global_batch` of each host batch, issued `size` batches ahead of the consumer.
+
+  Copies to the devices are asynchronous: issued early, the next batches travel while
+  the current steps compute, also after the loop has waited for metrics or a checkpoint.
+  """
+  ahead = collections.deque()
+
+  def fetch(n):
+    for host_batch in itertools.islice(host_batches, n):
+      ahead.append(global_batch(host_batch, mesh))
+
+  fetch(size)
+  while ahead:
+    yield ahead.popleft()
+    fetch(1)
 
 
 def replicate(tree, mesh):

@@ -114,14 +114,22 @@ def evaluate(run, eval_step, variables):
   it = data.eval_iterator(run.spec, data_dir=run.data_dir,
                           global_batch_size=run.config.eval_batch_size)
   totals = None
-  for batch in it:
-    sums = eval_step(variables, parallel.global_batch(batch, run.mesh))
+  for batch in parallel.prefetch_to_devices(it, run.mesh):
+    sums = eval_step(variables, batch)
     totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
   totals = jax.device_get(totals)
   n = int(totals.pop('count'))
   rates = {k.replace('correct_', '').replace('loss_sum', 'loss'): float(v) / n
            for k, v in totals.items()}
   return {**rates, 'examples': n}
+
+
+def _first_checked(host_batches, spec):
+  """`host_batches`, the first one checked (shapes, dtypes, labels) before any step."""
+  first = next(host_batches)
+  validation.check_batch(first, spec)
+  yield first
+  yield from host_batches
 
 
 def _every(step, period, total):
@@ -189,6 +197,7 @@ def train_and_evaluate(config, workdir, *, run=None, mesh=None):
   train_iter = data.train_iterator(run.spec, data_dir=run.data_dir,
                                    global_batch_size=config.batch_size, seed=config.seed,
                                    start_step=start, train_examples=config.train_examples)
+  train_batches = parallel.prefetch_to_devices(_first_checked(train_iter, run.spec), mesh)
   eval_every = int(round(config.eval_every_epochs * run.steps_per_epoch))
   pending = []  # device metrics not yet fetched: fetched at log/checkpoint time only
   last_eval, train_loss = meta.get('last_eval', {}), meta.get('train_loss', float('nan'))
@@ -197,10 +206,7 @@ def train_and_evaluate(config, workdir, *, run=None, mesh=None):
   key = jax.random.key(config.seed)
   try:
     for step in range(start + 1, run.total_steps + 1):
-      host_batch = next(train_iter)
-      if step == start + 1:
-        validation.check_batch(host_batch, run.spec)
-      batch = parallel.global_batch(host_batch, mesh)
+      batch = next(train_batches)
       state, metrics = train_step(state, teacher_variables, batch, jax.random.fold_in(key, step))
       pending.append((step, metrics))
       stop = preemption_notice.reached(step)

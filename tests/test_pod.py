@@ -13,7 +13,7 @@ import pytest
 from helpers import digits_config, final_params, main_command, saved_steps, wait_until
 from jax._src.clusters import cloud_tpu_cluster
 
-from oracle_jax import data, parallel, train
+from oracle_jax import data, parallel
 
 # Every variable through which some cluster of JAX's announces itself.
 _CLUSTER_VARIABLES = (
@@ -133,6 +133,8 @@ def _finish(procs, timeout=900):
 def test_sigterm_to_one_process_stops_both_at_one_step(digits_data_dir, tmp_path):
   data.num_examples(data.dataset_spec('digits'), str(digits_data_dir), 'train')  # prepared
   steps, workdir = 12, tmp_path / 'run'
+  # The uninterrupted run to compare with, meanwhile.
+  straight = _two_processes(tmp_path, 'straight', tmp_path / 'straight', digits_data_dir, steps)
   procs = _two_processes(tmp_path, 'first', workdir, digits_data_dir, steps)
   err = lambda name, i: (tmp_path / f'{name}-{i}.err').read_text()
   # Once process 1 has joined (jax.distributed's SIGTERM handler is in place), preempt it
@@ -149,10 +151,21 @@ def test_sigterm_to_one_process_stops_both_at_one_step(digits_data_dir, tmp_path
 
   assert _finish(_two_processes(tmp_path, 'again', workdir, digits_data_dir, steps)) == [0, 0]
   assert f'Resuming from step {step}' in err('again', 0)
-  # Bit-identical to an uninterrupted run on the same 2 devices (a sum of two per-device
-  # gradients is the same in one process as across two).
+  assert _finish(straight) == [0, 0], err('straight', 0)[-2000:]
   config = digits_config(digits_data_dir, method='scratch', train_steps=steps)
   mesh = parallel.make_mesh(jax.devices()[:2])
-  train.train_and_evaluate(config, str(tmp_path / 'straight'), mesh=mesh)
   jax.tree.map(np.testing.assert_array_equal, final_params(config, str(workdir), mesh),
                final_params(config, str(tmp_path / 'straight'), mesh))
+
+
+def test_imagenet_hosts_read_disjoint_shards_that_cover_each_split(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from oracle_jax.data import fake_imagenet, imagenet  # pylint: disable=g-import-not-at-top
+  builder = fake_imagenet.prepare(tmp_path, classes=2, train_per_class=5, validation=7,
+                                  shapes=((30, 40), (40, 30)))
+  for split, examples in (('train', 10), ('validation', 7)):
+    shards = [[ex['file_name'] for ex in tfds.as_numpy(imagenet.process_shard(
+        builder, split, process_index=i, process_count=2))] for i in range(2)]
+    assert [len(s) for s in shards] == [(examples + 1) // 2, examples // 2]
+    assert not set(shards[0]) & set(shards[1])
+    assert len(set(shards[0]) | set(shards[1])) == examples
