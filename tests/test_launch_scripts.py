@@ -20,8 +20,10 @@ from helpers import REPO
 from oracle_jax import checkpoints, data, models
 
 _GCLOUD = r'''#!/usr/bin/env bash
-# Stub gcloud: records its arguments; `... ssh ... --command=CMD` runs CMD in $HOME.
+# Stub gcloud: records its arguments; `... ssh ... --command=CMD` runs CMD in $HOME
+# (unless GCLOUD_RECORD_ONLY is set).
 printf '%s\n' "$*" >> "$GCLOUD_CALLS"
+[[ -z "${GCLOUD_RECORD_ONLY:-}" ]] || exit 0
 for arg in "$@"; do
   if [[ "$arg" == --command=* ]]; then cd "$HOME" && exec bash -c "${arg#--command=}"; fi
 done
@@ -29,8 +31,10 @@ done
 
 _SRUN = r'''#!/usr/bin/env bash
 # Stub srun: SLURM_NTASKS local tasks of one job step on this node; task i writes
-# $SRUN_OUT/task-i.out and .err.
+# $SRUN_OUT/task-i.out and .err. With SRUN_CALLS set, it records its directory and
+# arguments there instead.
 set -euo pipefail
+if [[ -n "${SRUN_CALLS:-}" ]]; then printf '%s\n' "$PWD" "$*" >> "$SRUN_CALLS"; exit 0; fi
 export SLURM_STEP_NODELIST=localhost SLURM_NODELIST=localhost SLURM_STEP_NUM_NODES=1 \
   SLURM_STEP_NUM_TASKS=$SLURM_NTASKS SLURM_STEP_ID=0 SLURM_NODEID=0
 pids=()
@@ -41,6 +45,19 @@ done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
 exit "$status"
+'''
+
+_SBATCH = r'''#!/usr/bin/env bash
+# Stub sbatch: runs the batch script at once, as the allocation's first node would, with
+# the variables sbatch sets (8 tasks per node, as launch/slurm.sh asks).
+set -euo pipefail
+nodes=1
+while [[ "$1" == --* ]]; do
+  if [[ "$1" == --nodes=* ]]; then nodes=${1#--nodes=}; fi
+  shift
+done
+export SLURM_SUBMIT_DIR=$PWD SLURM_JOB_ID=4243 SLURM_NTASKS=$((nodes * 8))
+exec bash "$@"
 '''
 
 # The TPU hosts of the DRY_RUN test; `run` puts these arguments after launch/main.py.
@@ -86,6 +103,7 @@ def _environment(tmp_path, **extra):
   bin_dir.mkdir(exist_ok=True)
   _executable(bin_dir / 'gcloud', _GCLOUD)
   _executable(bin_dir / 'srun', _SRUN)
+  _executable(bin_dir / 'sbatch', _SBATCH)
   return {**os.environ, 'PATH': f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
           'PYTHON': sys.executable, 'GCLOUD_CALLS': str(tmp_path / 'gcloud_calls'),
           'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
@@ -173,3 +191,59 @@ def test_slurm_two_tasks_start_jax_distributed(tmp_path, prepared_digits, teache
     assert (plan['steps'], plan['processes'], plan['devices']) == (3, 2, 4)
     assert plan['teacher_checkpoint'] == teacher_with_space
     assert f'process {i} of 2, 4 devices (2 here); detected by JAX as SlurmCluster' in errs[i]
+
+
+def _readme_block(title):
+  """The first bash block after `### title` in the README."""
+  with open(os.path.join(REPO, 'README.md')) as f:
+    text = f.read()
+  after = text[text.index(f'### {title}\n'):]
+  start = after.index('```bash\n') + len('```bash\n')
+  return after[start:after.index('\n```', start)]
+
+
+def test_readme_tpu_recipe(tmp_path):
+  env = _environment(tmp_path, GCLOUD_RECORD_ONLY='1')
+  for name in ('TPU_NAME', 'ZONE', 'ACCELERATOR', 'VERSION', 'DATA_DIR', 'PYTHON', 'DRY_RUN'):
+    env.pop(name, None)
+  subprocess.run(['bash', '-euo', 'pipefail', '-c', _readme_block('TPU VM slice')], cwd=REPO,
+                 env=env, check=True, timeout=60)
+  ssh = 'compute tpus tpu-vm ssh oj --zone=us-central2-b --worker=all --command=cd ~/'
+  name = os.path.basename(REPO)
+  assert (tmp_path / 'gcloud_calls').read_text().splitlines() == [
+      'compute tpus tpu-vm create oj --zone=us-central2-b --accelerator-type=v4-32 '
+      '--version=tpu-ubuntu2204-base',
+      f'compute tpus tpu-vm scp --recurse --zone=us-central2-b --worker=all {REPO} oj:~/',
+      f"{ssh}{name} && python3 -m pip install -r requirements.txt 'jax[tpu]'",
+      f'{ssh}{name} && python3 launch/main.py --config=configs/imagenet_r34_r18.py '
+      '--workdir=gs://BUCKET/runs/r34_r18 --config.data_dir=gs://BUCKET/tensorflow_datasets',
+      'compute tpus tpu-vm delete oj --zone=us-central2-b --quiet']
+
+
+def test_readme_slurm_recipe(tmp_path):
+  calls = tmp_path / 'srun_calls'
+  env = _environment(tmp_path, SRUN_CALLS=str(calls))
+  env.pop('PYTHON')
+  subprocess.run(['bash', '-euo', 'pipefail', '-c', _readme_block('SLURM GPU cluster')],
+                 cwd=REPO, env=env, check=True, timeout=60)
+  assert calls.read_text().splitlines() == [
+      REPO, 'python launch/main.py --config=configs/imagenet_r34_r18.py '
+      '--workdir=/shared/runs/r34_r18 --config.data_dir=/shared/tensorflow_datasets']
+
+
+def test_readme_cpu_student_command(tmp_path):
+  """The CPU recipe's second line, as a dry run, where the first one leaves its teacher."""
+  for name in ('launch', 'configs', 'oracle_jax'):
+    (tmp_path / name).symlink_to(os.path.join(REPO, name))
+  variables = models.create('resnet20', 10).init(jax.random.key(0), np.zeros((1, 8, 8, 1)))
+  checkpoints.save_model(tmp_path / 'runs/default/teacher_run/teacher',
+                         jax.device_get(variables), model='resnet20', num_classes=10)
+  line = _readme_block('CPU').splitlines()[1]
+  assert line.startswith('python launch/main.py ')
+  proc = subprocess.run(f'{sys.executable} {line[len("python "):]} --dry_run', shell=True,
+                        cwd=tmp_path, env=_environment(tmp_path, HOME=str(tmp_path)),
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  plan = _plan(proc.stdout)
+  assert (plan['method'], plan['teacher'], plan['student'], plan['steps']) == (
+      'kd', 'resnet20', 'resnet8', 300)
