@@ -60,7 +60,7 @@ export SLURM_SUBMIT_DIR=$PWD SLURM_JOB_ID=4243 SLURM_NTASKS=$((nodes * 8))
 exec bash "$@"
 '''
 
-# The TPU hosts of the DRY_RUN test; `run` puts these arguments after launch/main.py.
+# `run`'s arguments in the DRY_RUN tests, one with a quote and spaces.
 _ARGS = ['--config=configs/default.py', '--config.train_steps=3',
          "--config.teacher.checkpoint=/runs/it's a teacher", '--dry_run']
 
