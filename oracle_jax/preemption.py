@@ -20,7 +20,10 @@ class Notice:
   """`reached(step)`: whether to save `step` and exit, the same answer on every process.
 
   Create it just before the training loop, where steps count on from `start_step`, and
-  `close()` it after the loop.
+  `close()` it after the loop. With several processes, a SIGTERM that comes while a
+  resumed run is still starting (before this exists) sets the stop at step 1, already
+  past: that run trains on until the scheduler kills it, and the next one resumes from
+  its last periodic checkpoint.
   """
 
   def __init__(self, start_step: int):
