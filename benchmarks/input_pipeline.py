@@ -77,8 +77,9 @@ def main():
   builder = prepared(args.data_dir, args.classes, args.per_class)
   spec = data.dataset_spec('imagenet2012')
   mesh = parallel.make_mesh()
-  train = lambda: imagenet.train_iterator(spec, data_dir=args.data_dir, global_batch_size=args.batch,
-                                          seed=0, start_step=0, augment=True)
+  train = lambda: imagenet.train_iterator(
+      spec, data_dir=args.data_dir, global_batch_size=args.batch, seed=0, start_step=0,
+      augment=True)
   kinds = {
       'train': train,
       'train_on_device': lambda: parallel.prefetch_to_devices(train(), mesh),

@@ -74,7 +74,8 @@ def detected_cluster():
   only on a machine with TPU chips, the others read environment variables.
   """
   from jax._src import clusters  # pylint: disable=g-import-not-at-top  (no public API)
-  return next((cluster for cluster in clusters.ClusterEnv._cluster_types  # pylint: disable=protected-access
+  candidates = clusters.ClusterEnv._cluster_types  # pylint: disable=protected-access
+  return next((cluster for cluster in candidates
                if not cluster.opt_in_only_method and cluster.is_env_present()), None)
 
 

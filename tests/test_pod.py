@@ -158,7 +158,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step(digits_data_dir, tmp_path
                final_params(config, str(tmp_path / 'straight'), mesh))
 
 
-def test_imagenet_hosts_read_disjoint_shards_that_cover_each_split(tmp_path):
+def test_imagenet_hosts_read_disjoint_shards_that_cover_each_split(tmp_path, monkeypatch):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from oracle_jax.data import fake_imagenet, imagenet  # pylint: disable=g-import-not-at-top
   builder = fake_imagenet.prepare(tmp_path, classes=2, train_per_class=5, validation=7,
@@ -169,3 +169,14 @@ def test_imagenet_hosts_read_disjoint_shards_that_cover_each_split(tmp_path):
     assert [len(s) for s in shards] == [(examples + 1) // 2, examples // 2]
     assert not set(shards[0]) & set(shards[1])
     assert len(set(shards[0]) | set(shards[1])) == examples
+  # The eval iterator of each of 2 simulated hosts: as many batches on both, every
+  # validation image once.
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  masks = []
+  for i in range(2):
+    monkeypatch.setattr(jax, 'process_index', lambda i=i: i)
+    batches = list(imagenet.eval_iterator(data.dataset_spec('imagenet2012'), data_dir=str(tmp_path),
+                                          global_batch_size=4, split='validation'))
+    assert {b['image'].shape for b in batches} == {(2, 224, 224, 3)}
+    masks.append([b['mask'].tolist() for b in batches])
+  assert masks == [[[True, True], [True, True]], [[True, True], [True, False]]]
