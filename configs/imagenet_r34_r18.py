@@ -29,7 +29,7 @@ def get_config(method='kd'):
   c.optimizer.weight_decay = 1e-4
   c.num_epochs = 100.0
   c.schedule.decay_epochs = (30, 60, 90)
-  c.eval_batch_size = 1000
+  c.eval_batch_size = 1024            # divisible by pod device counts (16, 32, 64, …)
   c.log_every_steps = 200
   c.checkpoint_every_steps = 2000
   if method == 'dkd':

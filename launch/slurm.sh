@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Multi-node GPU training under SLURM: one process per node, each driving all of its
-# GPUs; `srun` sets SLURM_* variables from which jax.distributed.initialize() finds the
-# coordinator, the process count and this process's index.
+# Multi-node GPU training under SLURM, one process per GPU (what JAX's SLURM detection
+# expects: task i of a node drives that node's GPU i). `srun` gives every task the SLURM_*
+# variables from which jax.distributed finds the coordinator, the process count and its
+# own index. Submit from the repository's root; arguments go to launch/main.py unchanged:
 #
-#   sbatch --nodes=4 launch/slurm.sh --config=configs/imagenet_r34_r18.py --workdir=/shared/runs/r34_r18
+#   sbatch --nodes=4 launch/slurm.sh --config=configs/imagenet_r34_r18.py \
+#     --workdir=/shared/runs/r34_r18 --config.data_dir=/shared/tensorflow_datasets
 #
-# The workdir and TFDS data dir (--config.data_dir=…) must be on a shared filesystem.
+# The workdir and the TFDS data dir must be on a filesystem every node sees. PYTHON
+# (default: python) is the interpreter with the requirements installed.
 #SBATCH --job-name=oracle_jax
-#SBATCH --ntasks-per-node=1
+#SBATCH --ntasks-per-node=8
 #SBATCH --gpus-per-node=8
-#SBATCH --cpus-per-task=32
+#SBATCH --cpus-per-task=8
 #SBATCH --time=72:00:00
 #SBATCH --signal=TERM@300
-# (SIGTERM 5 minutes before the time limit: the run saves a checkpoint and exits; resubmit
-# the same command to resume.)
+# (SIGTERM to every task 5 minutes before the time limit: together they save one step and
+# exit; submitting the same command again resumes.)
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
-srun python launch/main.py "$@"
+srun "${PYTHON:-python}" launch/main.py "$@"

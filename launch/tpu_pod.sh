@@ -1,38 +1,78 @@
 #!/usr/bin/env bash
-# Train on a Cloud TPU VM pod slice: one process per host, JAX's runtime auto-detects the
-# slice (no coordinator flags needed), every host runs the same command.
+# Train on a Cloud TPU VM slice: one process per host, every host runs the same command
+# and JAX finds the slice by itself (no coordinator flags needed).
 #
-#   launch/tpu_pod.sh create                      # create the slice
-#   launch/tpu_pod.sh setup                       # copy the repo, install requirements
+#   launch/tpu_pod.sh create      # create the slice
+#   launch/tpu_pod.sh setup       # copy this repository to every host, install requirements
 #   launch/tpu_pod.sh run --config=configs/imagenet_r34_r18.py --workdir=gs://BUCKET/runs/r34_r18
 #   launch/tpu_pod.sh delete
 #
+# `run` passes its arguments to launch/main.py unchanged, in order (quoting and spaces
+# kept), followed by --config.data_dir=$DATA_DIR when DATA_DIR is set and the arguments
+# give no --config.data_dir. Rerunning the same `run` resumes from the workdir.
 # Settings (environment): TPU_NAME, ZONE, ACCELERATOR (e.g. v4-32), VERSION (TPU VM
-# runtime), DATA_DIR (TFDS data dir on GCS, e.g. gs://BUCKET/tensorflow_datasets).
-# The workdir and data dir must be storage every host sees: gs:// URLs work for both.
+# runtime), DATA_DIR (TFDS data dir, e.g. gs://BUCKET/tensorflow_datasets), PYTHON on the
+# hosts (python3); DRY_RUN=1 prints the gcloud commands instead of running them.
+# Workdir and data dir must be storage every host sees: gs:// URLs work for both.
 set -euo pipefail
+
 TPU_NAME=${TPU_NAME:-oracle-jax}
 ZONE=${ZONE:-us-central2-b}
 ACCELERATOR=${ACCELERATOR:-v4-32}
 VERSION=${VERSION:-tpu-ubuntu2204-base}
-DATA_DIR=${DATA_DIR:?set DATA_DIR to a gs:// TFDS data dir}
+PYTHON=${PYTHON:-python3}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-ssh_all() {
-  gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command="$1"
+# `setup` copies the repository into each host's home directory under this name.
+REMOTE_REPO="~/$(printf '%q' "$(basename "$REPO")")"
+
+# Runs gcloud, or prints the command when DRY_RUN=1: one line to copy into a shell, words
+# that need it in single quotes (by hand: macOS's bash 3.2 has no ${word@Q}).
+gcloud_() {
+  if [[ "${DRY_RUN:-0}" != 1 ]]; then
+    gcloud "$@"
+    return
+  fi
+  local plain='^[A-Za-z0-9_./:=,@%+-][A-Za-z0-9_./:=,@%+~-]*$' line=gcloud word
+  for word in "$@"; do
+    if [[ "$word" =~ $plain ]]; then
+      line+=" $word"
+    else
+      line+=" '${word//"'"/"'\\''"}'"
+    fi
+  done
+  printf '%s\n' "$line"
 }
+
+on_every_host() {
+  gcloud_ compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command="$1"
+}
+
+# ' ARG…': the user's arguments quoted for the remote shell, then the data dir if needed.
+main_arguments() {
+  local arg has_data_dir=0
+  for arg in "$@"; do
+    [[ "$arg" == --config.data_dir || "$arg" == --config.data_dir=* ]] && has_data_dir=1
+  done
+  if (( $# )); then
+    printf ' %q' "$@"
+  fi
+  if [[ -n "${DATA_DIR:-}" && "$has_data_dir" == 0 ]]; then
+    printf ' %q' "--config.data_dir=$DATA_DIR"
+  fi
+}
+
 case "${1:-}" in
   create)
-    gcloud compute tpus tpu-vm create "$TPU_NAME" --zone="$ZONE" \
+    gcloud_ compute tpus tpu-vm create "$TPU_NAME" --zone="$ZONE" \
       --accelerator-type="$ACCELERATOR" --version="$VERSION" ;;
   setup)
-    gcloud compute tpus tpu-vm scp --recurse --zone="$ZONE" --worker=all "$REPO" "$TPU_NAME":~/
-    ssh_all "cd ~/$(basename "$REPO") && pip install -r requirements.txt 'jax[tpu]' \
-      -f https://storage.googleapis.com/jax-releases/libtpu_releases.html" ;;
+    gcloud_ compute tpus tpu-vm scp --recurse --zone="$ZONE" --worker=all "$REPO" "$TPU_NAME":~/
+    on_every_host "cd $REMOTE_REPO && $PYTHON -m pip install -r requirements.txt 'jax[tpu]'" ;;
   run)
     shift
-    ssh_all "cd ~/$(basename "$REPO") && python launch/main.py --config.data_dir=$DATA_DIR $*" ;;
+    on_every_host "cd $REMOTE_REPO && $PYTHON launch/main.py$(main_arguments "$@")" ;;
   delete)
-    gcloud compute tpus tpu-vm delete "$TPU_NAME" --zone="$ZONE" --quiet ;;
+    gcloud_ compute tpus tpu-vm delete "$TPU_NAME" --zone="$ZONE" --quiet ;;
   *)
-    sed -n '2,14p' "$0"; exit 2 ;;
+    sed -n '2,16p' "$0"; exit 2 ;;
 esac

@@ -8,15 +8,13 @@ automatically from the newest good checkpoint in `workdir`, saves on SIGTERM, an
 import functools
 import logging
 import math
-import signal
-import threading
 
 import jax
 import numpy as np
 import optax
 
 from oracle_jax import checkpoints, conv, data, distill, distillers, errors, fileio, metrics_io
-from oracle_jax import models, parallel, validation, workdirs, zoo
+from oracle_jax import models, parallel, preemption, validation, workdirs, zoo
 
 
 def learning_rate_fn(config, steps_per_epoch, total_steps):
@@ -115,14 +113,22 @@ def evaluate(run, eval_step, variables):
   it = data.eval_iterator(run.spec, data_dir=run.data_dir,
                           global_batch_size=run.config.eval_batch_size)
   totals = None
-  for batch in it:
-    sums = eval_step(variables, parallel.global_batch(batch, run.mesh))
+  for batch in parallel.prefetch_to_devices(it, run.mesh):
+    sums = eval_step(variables, batch)
     totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
   totals = jax.device_get(totals)
   n = int(totals.pop('count'))
   rates = {k.replace('correct_', '').replace('loss_sum', 'loss'): float(v) / n
            for k, v in totals.items()}
   return {**rates, 'examples': n}
+
+
+def _first_checked(host_batches, spec):
+  """`host_batches`, the first one checked (shapes, dtypes, labels) before any step."""
+  first = next(host_batches)
+  validation.check_batch(first, spec)
+  yield first
+  yield from host_batches
 
 
 def _every(step, period, total):
@@ -194,22 +200,19 @@ def _train_and_evaluate(config, workdir, run, teacher_variables):
   train_iter = data.train_iterator(run.spec, data_dir=run.data_dir,
                                    global_batch_size=config.batch_size, seed=config.seed,
                                    start_step=start, train_examples=config.train_examples)
+  train_batches = parallel.prefetch_to_devices(_first_checked(train_iter, run.spec), mesh)
   eval_every = int(round(config.eval_every_epochs * run.steps_per_epoch))
   pending = []  # device metrics not yet fetched: fetched at log/checkpoint time only
   last_eval, train_loss = meta.get('last_eval', {}), meta.get('train_loss', float('nan'))
-  preempted = threading.Event()
-  previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.set())
+  preemption_notice = preemption.Notice(start)  # every process stops at the same step
   progress = metrics_io.Progress(run.total_steps, start, config.batch_size, enabled=jax.process_index() == 0)
   key = jax.random.key(config.seed)
   try:
     for step in range(start + 1, run.total_steps + 1):
-      host_batch = next(train_iter)
-      if step == start + 1:
-        validation.check_batch(host_batch, run.spec)
-      batch = parallel.global_batch(host_batch, mesh)
+      batch = next(train_batches)
       state, metrics = train_step(state, teacher_variables, batch, jax.random.fold_in(key, step))
       pending.append((step, metrics))
-      stop = preempted.is_set()
+      stop = preemption_notice.reached(step)
       if _every(step, config.log_every_steps, run.total_steps) or stop:
         train_loss = writer.write_train(pending, manager.latest_step()) or train_loss
         pending = []
@@ -228,10 +231,11 @@ def _train_and_evaluate(config, workdir, run, teacher_variables):
         manager.save(step, state, dict(best_top1=best_top1, last_eval=last_eval,
                                        train_loss=train_loss))
       if stop:
-        logging.warning('SIGTERM: saved step %d, exiting; rerun the same command to resume.', step)
+        logging.warning('Preempted (SIGTERM): saved step %d, exiting; rerun the same command '
+                        'to resume.', step)
         raise SystemExit(143)
   finally:  # on any exit, finish the saves in flight: the last good checkpoint survives
-    signal.signal(signal.SIGTERM, previous_handler)
+    preemption_notice.close()
     progress.close()
     manager.close()
     writer.close()

@@ -29,10 +29,8 @@ def train_iterator(spec, *, data_dir, global_batch_size, seed, start_step, augme
   local = pipeline.local_batch_size(global_batch_size, jax.process_count())
   options = tf.data.Options()
   options.deterministic = True
-  ds = sources.as_dataset(
-      sources.builder(spec, data_dir), tfds.split_for_jax_process('train'),
-      shuffle_files=True, decoders={'image': tfds.decode.SkipDecoding()},
-      read_config=tfds.ReadConfig(shuffle_seed=seed, options=options))
+  ds = process_shard(sources.builder(spec, data_dir), 'train', shuffle_files=True,
+                     read_config=tfds.ReadConfig(shuffle_seed=seed, options=options))
   # File-level shuffling mixes coarsely; the buffer (as in the Flax ImageNet
   # example) mixes within files. Both are seeded, so the stream is reproducible.
   ds = ds.repeat().shuffle(16 * local, seed=seed)
@@ -59,8 +57,7 @@ def eval_iterator(spec, *, data_dir, global_batch_size, split):
   b = sources.builder(spec, data_dir)
   # even_splits gives shards of equal size +-1: the largest sets the batch count.
   shard = math.ceil(sources.split_size(b, split) / jax.process_count())
-  ds = sources.as_dataset(b, tfds.split_for_jax_process(split),
-                          decoders={'image': tfds.decode.SkipDecoding()})
+  ds = process_shard(b, split)
   size = spec.image_shape[:2]
   ds = ds.map(lambda ex: {
       'image': resize_and_center_crop(tf.io.decode_jpeg(ex['image'], channels=3), size),
@@ -70,6 +67,16 @@ def eval_iterator(spec, *, data_dir, global_batch_size, split):
       'mask': False}).repeat()
   ds = ds.concatenate(padding).take(math.ceil(shard / local) * local)
   return _numpy_batches(ds.batch(local).prefetch(tf.data.AUTOTUNE), spec)
+
+
+def process_shard(b, split, *, process_index=None, process_count=None, **as_dataset_kwargs):
+  """This process's shard of `split`, images as JPEG bytes: one of `process_count` (by
+  default jax.process_count()) disjoint, even parts of its examples, so that each host
+  reads only its part of the files. The process defaults to jax.process_index()."""
+  shard = tfds.split_for_jax_process(split, process_index=process_index,
+                                     process_count=process_count)
+  return sources.as_dataset(b, shard, decoders={'image': tfds.decode.SkipDecoding()},
+                            **as_dataset_kwargs)
 
 
 def crop_window(image_shape, rng):
