@@ -28,15 +28,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from oracle_jax import checkpoints
 from oracle_jax import conv
 from oracle_jax import data
 from oracle_jax import fileio
 from oracle_jax import errors
-from oracle_jax import models
 from oracle_jax import oracle
 from oracle_jax import parallel
-from oracle_jax import zoo
+from oracle_jax import teachers
 
 DEFAULT_GAMMAS = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 FIGURES = ('reliability.png', 'tsne.png', 'gamma_sweep.png')
@@ -453,12 +451,9 @@ def create_teacher(config, checkpoint, device_count=None):
   """(spec, model, variables): the config's dataset and teacher, weights from `checkpoint`;
   the model's convolutions are `config.conv_impl`'s for `device_count` devices."""
   spec = data.dataset_spec(config.dataset)
-  model_kwargs = {'small_stem': True} if config.teacher.get('small_stem') else {}
-  model = models.create(config.teacher.model, spec.num_classes, **model_kwargs,
-                        conv_impl=conv.get(config.conv_impl, device_count=device_count))
-  variables = checkpoints.load_teacher(zoo.resolve(checkpoint), config.teacher.model,
-                                       spec.num_classes, in_channels=spec.image_shape[-1],
-                                       **model_kwargs)
+  model, variables = teachers.load(
+      config, spec, checkpoint=checkpoint,
+      conv_impl=conv.get(config.conv_impl, device_count=device_count))
   return spec, model, variables
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 
 from oracle_jax import checkpoints, conv, data, distill, distillers, errors, fileio, metrics_io
-from oracle_jax import models, parallel, preemption, validation, workdirs, zoo
+from oracle_jax import models, parallel, preemption, teachers, validation, workdirs
 
 
 def learning_rate_fn(config, steps_per_epoch, total_steps):
@@ -39,11 +39,9 @@ def learning_rate_fn(config, steps_per_epoch, total_steps):
 
 
 def model_kwargs(model_config, dtype, conv_impl='default', device_count=None):
-  kwargs = {'dtype': jax.numpy.dtype(dtype),
-            'conv_impl': conv.get(conv_impl, device_count=device_count)}
-  if model_config.get('small_stem'):
-    kwargs['small_stem'] = True
-  return kwargs
+  return {'dtype': jax.numpy.dtype(dtype),
+          'conv_impl': conv.get(conv_impl, device_count=device_count),
+          **models.architecture(model_config)}
 
 
 class Run:
@@ -138,9 +136,7 @@ def _every(step, period, total):
 def load_teacher_variables(config, run):
   if config.method == 'scratch':
     return {}
-  return parallel.replicate(checkpoints.load_teacher(
-      zoo.resolve(config.teacher.checkpoint), config.teacher.model, run.spec.num_classes,
-      run.spec.image_shape[-1], **model_kwargs(config.teacher, 'float32')), run.mesh)
+  return parallel.replicate(teachers.load_variables(config, run.spec), run.mesh)
 
 
 def prepare(config, *, run=None, mesh=None):
@@ -264,9 +260,5 @@ def versus_reference(reference_top1, best_top1):
 
 
 def _model_meta(config, run, **extra):
-  model_config = config.student
-  meta = dict(model=model_config.model, num_classes=run.spec.num_classes,
-              dataset=config.dataset, **extra)
-  if model_config.get('small_stem'):
-    meta['small_stem'] = True
-  return meta
+  return dict(model=config.student.model, num_classes=run.spec.num_classes,
+              dataset=config.dataset, **models.architecture(config.student), **extra)

@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 import uuid
 
-from oracle_jax import checkpoints, errors, fileio, torch_import
+from oracle_jax import errors, fileio, torch_import
 
 PREFIX = 'zoo:'
 _CHUNK = 1 << 20
@@ -151,12 +151,11 @@ def _verify(path, sha256):
 
 def _convert(name, teacher, source, teacher_dir, sha256):
   """`source` (.pth) → an orbax teacher checkpoint at `teacher_dir`, written aside first."""
-  variables = torch_import.load(str(source), teacher.arch, teacher.classes)
   staging = teacher_dir.parent / f'.{teacher_dir.name}.converting-{uuid.uuid4().hex[:12]}'
   try:
-    checkpoints.save_model(staging, variables, model=teacher.arch, num_classes=teacher.classes,
-                           dataset=teacher.dataset, zoo=name, url=teacher.url, sha256=sha256,
-                           reference_top1=teacher.reference_top1)
+    torch_import.convert_file(str(source), staging, teacher.arch, teacher.classes,
+                              dataset=teacher.dataset, zoo=name, url=teacher.url,
+                              sha256=sha256, reference_top1=teacher.reference_top1)
     try:
       staging.rename(teacher_dir)
     except OSError:
