@@ -138,7 +138,7 @@ def tsne(outputs, seed=0):
   perplexity = min(30.0, max(1.0, (n - 1) / 3))
   estimator = manifold.TSNE(2, perplexity=perplexity, init='pca', random_state=seed)
   # Barnes-Hut's OpenMP threads spin-wait: on shared cores (XLA's threads, other jobs)
-  # they made 1,000 points 4x slower than one thread (18 s vs 4.7 s on 2 busy cores).
+  # they are slower than one thread (benchmarks/README.md).
   with threadpoolctl.threadpool_limits(1, user_api='openmp'):
     return estimator.fit_transform(np.asarray(outputs, np.float32))
 
@@ -242,7 +242,7 @@ def evaluate(model, variables, batches, spec, *, gammas, global_batch_size, step
              reference_batch_size=64, num_bins=15, temperature=4.0, sample_size=2000,
              max_examples=0, mesh=None, compiler_options=None):
   """Streams `batches` (this process's part of each global batch) through the teacher
-  (`compiler_options`: XLA options of the jitted step, e.g. `conv.compiler_options`).
+  (`compiler_options`: XLA options of the jitted step, from `conv.choose`).
 
   Returns host numpy `{'stats': {...: [1 + G, ...]}, 'sample': {...}}`; output set 0 is
   the teacher on x, set 1 + i on x* for `gammas[i]`. The sample holds up to
@@ -447,16 +447,6 @@ def write_report(out_dir, results, scratch, *, setup, embeddings, tsne_colors,
 
 # ----------------------------------------------------------------------------- command
 
-def create_teacher(config, checkpoint, device_count=None):
-  """(spec, model, variables): the config's dataset and teacher, weights from `checkpoint`;
-  the model's convolutions are `config.conv_impl`'s for `device_count` devices."""
-  spec = data.dataset_spec(config.dataset)
-  model, variables = teachers.load(
-      config, spec, checkpoint=checkpoint,
-      conv_impl=conv.get(config.conv_impl, device_count=device_count))
-  return spec, model, variables
-
-
 def report(out_dir, evaluation, gammas, *, setup, temperature, silhouette_examples,
            tsne_examples):
   """Tables, γ selection and figures from `evaluate`'s output; writes them on process 0."""
@@ -498,7 +488,9 @@ def run(config, *, teacher, out_dir, gammas=DEFAULT_GAMMAS, split=None, num_bins
                      'silhouette_examples >= 2.')
   teacher = teacher or config.teacher.checkpoint
   mesh = parallel.make_mesh()
-  spec, model, variables = create_teacher(config, teacher, mesh.size)
+  spec = data.dataset_spec(config.dataset)
+  conv_impl, compiler_options = conv.choose(config.conv_impl, mesh.size)
+  model, variables = teachers.load(config, spec, checkpoint=teacher, conv_impl=conv_impl)
   parallel.check_batch_size(config.batch_size, mesh)  # Before reading any data.
   split = split or spec.eval_split
   batches = data.eval_iterator(spec, data_dir=config.data_dir or None,
@@ -509,7 +501,7 @@ def run(config, *, teacher, out_dir, gammas=DEFAULT_GAMMAS, split=None, num_bins
       steps=config.oracle.steps, reference_batch_size=config.oracle.reference_batch_size,
       num_bins=num_bins, temperature=temperature,
       sample_size=max(tsne_examples, silhouette_examples), max_examples=max_examples,
-      mesh=mesh, compiler_options=conv.compiler_options(config.conv_impl, device_count=mesh.size))
+      mesh=mesh, compiler_options=compiler_options)
   setup = {'teacher': f'{config.teacher.model} from {teacher}',
            'dataset': f'{spec.name}, split {split}',
            'oracle': f'{config.oracle.steps} step(s), γ quoted at batch '

@@ -38,9 +38,9 @@ def learning_rate_fn(config, steps_per_epoch, total_steps):
   return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), main], [warmup])
 
 
-def model_kwargs(model_config, dtype, conv_impl='default', device_count=None):
-  return {'dtype': jax.numpy.dtype(dtype),
-          'conv_impl': conv.get(conv_impl, device_count=device_count),
+def model_kwargs(model_config, dtype, conv_impl=None):
+  """`models.create`'s options for a config's model block; `conv_impl` from `conv.choose`."""
+  return {'dtype': jax.numpy.dtype(dtype), 'conv_impl': conv_impl,
           **models.architecture(model_config)}
 
 
@@ -60,9 +60,8 @@ class Run:
     self.lr_fn = learning_rate_fn(config, self.steps_per_epoch, self.total_steps)
     self.tx = distill.make_optimizer(config, self.lr_fn)
     # The convolution and the XLA options that go with it depend on the mesh ('auto').
-    options_of = functools.partial(model_kwargs, dtype=config.dtype,
-                                   conv_impl=config.conv_impl, device_count=mesh.size)
-    self.compiler_options = conv.compiler_options(config.conv_impl, device_count=mesh.size)
+    conv_impl, self.compiler_options = conv.choose(config.conv_impl, mesh.size)
+    options_of = functools.partial(model_kwargs, dtype=config.dtype, conv_impl=conv_impl)
     self.student = models.create(config.student.model, self.spec.num_classes,
                                  **options_of(config.student))
     self.teacher = self.distiller = None

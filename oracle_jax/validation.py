@@ -4,10 +4,10 @@ import math
 import numbers
 import re
 
-from oracle_jax import conv, data, distill, models
+from oracle_jax import conv, data, distill, distillers, models
 from oracle_jax.errors import ConfigError  # pylint: disable=unused-import  (callers catch it here)
 
-METHODS = ('scratch', 'kd', 'fitnet', 'at', 'dkd', 'sad')
+METHODS = ('scratch',) + distillers.METHODS  # scratch: supervised, no teacher
 DTYPES = ('float32', 'bfloat16')
 SCHEDULES = ('step', 'cosine')
 
