@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 import uuid
 
-from oracle_jax import errors, fileio, torch_import
+from oracle_jax import data, errors, fileio, torch_import
 
 PREFIX = 'zoo:'
 _CHUNK = 1 << 20
@@ -51,7 +51,7 @@ def _official(dataset, arch, file, reference_top1, sha256, size):
   url = ('https://github.com/myunghakLee/Distillation-for-High-Quality-Knowledge-Extraction/'
          f'raw/4c1143afe4cabeb595b6e960ff69cd132c91917f/teacher_models/{dataset.upper()}/'
          f'{arch}/{file}')
-  return Teacher(url, arch, 100 if dataset == 'cifar100' else 10, dataset, reference_top1,
+  return Teacher(url, arch, data.dataset_spec(dataset).num_classes, dataset, reference_top1,
                  sha256, size)
 
 
