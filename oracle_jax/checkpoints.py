@@ -2,14 +2,13 @@
 
 A *model checkpoint* is an orbax CheckpointManager directory with two items:
 `variables` ({'params', 'batch_stats'}) and `meta` (JSON: model, num_classes, …). It is
-what `torch_import` writes and what a `scratch` run keeps in WORKDIR/teacher; the
-training system loads either as a frozen teacher.
+what `torch_import` writes and what a `scratch` run keeps in WORKDIR/teacher; `teachers`
+loads either as a frozen teacher.
 """
 import logging
 import time
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from oracle_jax import errors, fileio
@@ -92,64 +91,6 @@ def load_model(directory):
     restored = manager.restore(step, args=ocp.args.Composite(
         variables=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
   return restored['variables'], restored['meta']
-
-
-def check_variables(variables, expected, what: str):
-  """Raises TeacherCheckpointError naming the first layer whose shape differs."""
-  got = {jax.tree_util.keystr(p): np.shape(v)
-         for p, v in jax.tree_util.tree_flatten_with_path(variables)[0]}
-  want = {jax.tree_util.keystr(p): tuple(v.shape)
-          for p, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
-  for name, shape in want.items():
-    if name not in got:
-      raise TeacherCheckpointError(f'{what}: layer {name} is missing from the checkpoint; '
-                                   'is it a checkpoint of another architecture?')
-    if got[name] != shape:
-      raise TeacherCheckpointError(f'{what}: layer {name} has shape {got[name]} in the '
-                                   f'checkpoint but the model expects {shape}.')
-  extra = sorted(set(got) - set(want))
-  if extra:
-    raise TeacherCheckpointError(f'{what}: the checkpoint has layers the model lacks, '
-                                 f'first {extra[0]}; is it another architecture?')
-
-
-def load_teacher(source: str, model_name: str, num_classes: int, in_channels: int = 3,
-                 **model_kwargs):
-  """Frozen teacher variables from a model checkpoint directory or a PyTorch `.pth`.
-
-  Accepts a model checkpoint directory, a run's workdir (its `teacher/` is used) or a
-  `.pth` file; checks architecture and class count against the configuration.
-  """
-  from oracle_jax import torch_import  # pylint: disable=g-import-not-at-top
-  if not source:
-    raise TeacherCheckpointError(
-        'teacher.checkpoint is empty: set it to a model checkpoint directory (e.g. '
-        'WORKDIR/teacher of a method=scratch run) or a PyTorch .pth file.')
-  path = fileio.path(source)
-  if path.is_file():
-    variables = torch_import.load(str(path), model_name, num_classes, **model_kwargs)
-    check_variables(variables, torch_import.abstract_variables(
-        model_name, num_classes, in_channels, **model_kwargs), f'Teacher checkpoint {source!r}')
-    return jax.tree.map(np.asarray, variables)
-  if not path.exists():
-    raise CheckpointNotFoundError(
-        f'Teacher checkpoint {source!r} does not exist. Train a teacher with '
-        '--config.method=scratch (it is kept in WORKDIR/teacher) or import a PyTorch one '
-        'with `python -m oracle_jax.torch_import IN.pth OUT_DIR --model=… --num_classes=…`.')
-  if (path / 'teacher').is_dir():
-    path = path / 'teacher'
-  variables, meta = load_model(path)
-  what = f'Teacher checkpoint {source!r}'
-  if meta.get('model', model_name) != model_name:
-    raise TeacherCheckpointError(f'{what} holds a {meta["model"]} but teacher.model is '
-                                 f'{model_name!r}; set teacher.model={meta["model"]}.')
-  if meta.get('num_classes', num_classes) != num_classes:
-    raise TeacherCheckpointError(
-        f'{what} has {meta["num_classes"]} classes but the dataset has {num_classes}; '
-        'use a teacher trained on this dataset.')
-  check_variables(variables, torch_import.abstract_variables(
-      model_name, num_classes, in_channels, **model_kwargs), what)
-  return variables
 
 
 def _state_tree(state):

@@ -1,9 +1,9 @@
 """Drop-in replacements for `jax.lax.conv_general_dilated` that train faster on CPU.
 
-`models.create(..., conv_impl=conv.get(name))` hands one to every `flax.linen.Conv` of a
-model (`conv_general_dilated=`), so the model code and its parameters stay the same;
-`jax.jit(step, compiler_options=conv.compiler_options(name))` adds the XLA options that
-go with it (see CPU_COMPILER_OPTIONS).
+`conv_impl, options = conv.choose(name)`: `models.create(..., conv_impl=conv_impl)` hands
+the convolution to every `flax.linen.Conv` of a model (`conv_general_dilated=`), so the
+model code and its parameters stay the same; `jax.jit(step, compiler_options=options)`
+adds the XLA options that go with it (see CPU_COMPILER_OPTIONS).
 
 'chunked': XLA's CPU backend computes a convolution's *weight* gradient as one
 convolution contracting over the whole batch (a YNNPACK fusion whose speed falls as that
@@ -33,7 +33,7 @@ from oracle_jax import errors
 # Examples per weight-gradient chunk: 8 is fastest on 2 CPU cores for CIFAR ResNets
 # (benchmarks/conv_ops.py). Each chunk is one more convolution in the compiled program,
 # so larger batches use larger chunks, at most MAX_CHUNKS of them: 4 chunks of 16 or 32
-# train batches of 64 or 128 as fast as 8 chunks (0.995-1.02x) and compile 2.5 s sooner.
+# train as fast as 8 chunks and compile sooner (benchmarks/README.md, "What limits").
 DEFAULT_CHUNK_SIZE = 8
 MAX_CHUNKS = 4
 
@@ -157,8 +157,8 @@ def paired_conv(lhs, rhs, p, pairs):
   offsets (zeros elsewhere). Its output [N, H, W/pairs, pairs·C_out] *is* the NHWC
   result in memory (a free reshape). Each output is the same sum of the same products in
   the same order, plus exact zeros; the (pairs + kw - 1)/kw times more multiply-adds
-  run at GEMM widths XLA:CPU handles much better: 1.2x for 16 channels, 1.6-2.9x for the
-  stem's 3 (benchmarks/README.md)."""
+  run at GEMM widths XLA:CPU handles much better for 16 and 3 channels (timings:
+  benchmarks/README.md, "Narrow convolutions")."""
   kh, kw, c_in, c_out = rhs.shape
   shifted = [jnp.pad(rhs, ((0, 0), (d, pairs - 1 - d), (0, 0), (0, 0))) for d in range(pairs)]
   kernel = jnp.stack(shifted, axis=3).reshape(kh, kw + pairs - 1, c_in, pairs * c_out)
@@ -241,15 +241,12 @@ IMPLEMENTATIONS = {
 CPU_TUNED = ('chunked', 'cpu')  # the names that go with CPU_COMPILER_OPTIONS
 NAMES = ('auto',) + tuple(IMPLEMENTATIONS)
 
-# XLA:CPU runs its YNNPACK convolution kernels on one thread (on this machine: CPU time /
-# wall time = 1.0 for every YNNPACK convolution, 1.9 for XLA's Eigen convolutions and
-# for YNNPACK matmuls), so a training step uses half of a 2-core CPU. Leaving
-# convolutions out of the YNNPACK fusion types (dots and reductions stay in) gives them
-# to XLA's multi-threaded Eigen kernels: 1.2-1.3x on the whole oracle step (README in
-# benchmarks/). LLVM's -O1 instead of -O2 for the fused loops compiles the oracle step
-# 16-18 % sooner (resnet56→resnet20: 15.1 → 12.6 s) at the same speed (0.99-1.07x,
-# interleaved): its time is in library convolutions, not in generated code. Only CPU
-# compilations read these options.
+# XLA:CPU runs its YNNPACK convolution kernels on one thread, so a training step uses
+# half of a 2-core CPU. Leaving convolutions out of the YNNPACK fusion types (dots and
+# reductions stay in) gives them to XLA's multi-threaded Eigen kernels. LLVM's -O1
+# instead of -O2 for the fused loops compiles sooner at the same speed: the step's time
+# is in library convolutions, not in generated code. Measurements: benchmarks/README.md
+# ("What limits the JAX step on this CPU"). Only CPU compilations read these options.
 CPU_COMPILER_OPTIONS = {
     'xla_cpu_experimental_ynn_fusion_type':
         'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE',
@@ -262,7 +259,7 @@ def resolve(name: str, backend: Optional[str] = None,
   """'auto' → 'cpu' on a single CPU device, 'default' elsewhere: GPU/TPU libraries
   compute whole-batch weight gradients and narrow convolutions well, and with several
   (simulated) CPU devices the per-device batches are already small and the devices
-  already run in parallel (chunked is 0.76-1.0x there, benchmarks/README.md). Other
+  already run in parallel (chunked is no faster there, benchmarks/README.md). Other
   names are returned checked."""
   if name not in NAMES:
     raise errors.ConfigError(f'Unknown conv_impl {name!r}; choose one of: {", ".join(NAMES)}.')
@@ -298,6 +295,15 @@ def compiler_options(name: str, backend: Optional[str] = None,
       and _cpu_options_supported()):
     return dict(CPU_COMPILER_OPTIONS)
   return {}
+
+
+def choose(name: str, device_count: Optional[int] = None,
+           backend: Optional[str] = None) -> tuple:
+  """`(convolution, compiler_options)` of `name` on `device_count` devices: the matching
+  pair for `models.create(..., conv_impl=...)` and `jax.jit(..., compiler_options=...)`,
+  both from one resolution of 'auto'."""
+  resolved = resolve(name, backend, device_count)
+  return get(resolved), compiler_options(resolved, backend)
 
 
 @functools.lru_cache(maxsize=None)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from oracle_jax import errors, fileio, models, pth_reader
+from oracle_jax import checkpoints, errors, fileio, models, pth_reader
 
 _STATE_DICT_KEYS = ('state_dict', 'model_state_dict', 'model', 'net', 'student', 'module')
 
@@ -80,12 +80,6 @@ def _torch_shape(flax_shape):
   return tuple(reversed(flax_shape)) if len(flax_shape) == 2 else tuple(flax_shape)
 
 
-def abstract_variables(model_name: str, num_classes: int, in_channels: int = 3, **model_kwargs):
-  """Shapes of the model's variables, without allocating them."""
-  model = models.create(model_name, num_classes, **model_kwargs)
-  return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, in_channels)))
-
-
 def convert_state_dict(state_dict: Mapping[str, Any], model_name: str, num_classes: int,
                        **model_kwargs):
   """Maps a PyTorch state_dict (names → arrays) onto the Flax variables of `model_name`.
@@ -98,7 +92,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_name: str, num_class
             if not k.endswith('num_batches_tracked')}
   stem = arrays.get('conv1.weight')
   in_channels = stem.shape[1] if stem is not None and stem.ndim == 4 else 3
-  target = abstract_variables(model_name, num_classes, in_channels, **model_kwargs)
+  target = models.abstract_variables(model_name, num_classes, in_channels, **model_kwargs)
   flat, treedef = jax.tree_util.tree_flatten_with_path(target)
   names = [_torch_name(path) for path, _ in flat]
   _check_keys(arrays, names, model_name)
@@ -249,6 +243,16 @@ def load(path: str, model_name: str, num_classes: int, **model_kwargs):
     raise type(e)(f'{path}: {e}') from None
 
 
+def convert_file(path: str, out_dir, model_name: str, num_classes: int, architecture=None,
+                 **meta):
+  """Converts the .pth at `path` into a model checkpoint in `out_dir` (`checkpoints.save_model`)
+  whose meta records the model, its class count, its `architecture` options and `meta`."""
+  architecture = architecture or {}
+  variables = load(path, model_name, num_classes, **architecture)
+  checkpoints.save_model(out_dir, variables, model=model_name, num_classes=num_classes,
+                         **architecture, **meta)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('checkpoint', help='the .pth file')
@@ -257,13 +261,9 @@ def main(argv=None):
   parser.add_argument('--num_classes', required=True, type=int)
   parser.add_argument('--small_stem', action='store_true', help='ImageNet ResNets: 3x3 stem')
   args = parser.parse_args(argv)
-  from oracle_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  kwargs = {'small_stem': True} if args.small_stem else {}
   try:
-    variables = load(args.checkpoint, args.model, args.num_classes, **kwargs)
-    checkpoints.save_model(args.out_dir, variables, model=args.model,
-                           num_classes=args.num_classes,
-                           source=str(fileio.path(args.checkpoint)), **kwargs)
+    convert_file(args.checkpoint, args.out_dir, args.model, args.num_classes,
+                 models.architecture(vars(args)), source=str(fileio.path(args.checkpoint)))
   except errors.UserError as e:  # anything else is a bug: keep its traceback
     raise SystemExit('error: ' + ' '.join(str(e).split())) from None
   print(f'Wrote {args.model} ({args.num_classes} classes) to {args.out_dir}')

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 
 from oracle_jax import checkpoints, conv, data, distill, distillers, errors, fileio, metrics_io
-from oracle_jax import models, parallel, preemption, validation, workdirs, zoo
+from oracle_jax import models, parallel, preemption, teachers, validation, workdirs
 
 
 def learning_rate_fn(config, steps_per_epoch, total_steps):
@@ -38,12 +38,10 @@ def learning_rate_fn(config, steps_per_epoch, total_steps):
   return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), main], [warmup])
 
 
-def model_kwargs(model_config, dtype, conv_impl='default', device_count=None):
-  kwargs = {'dtype': jax.numpy.dtype(dtype),
-            'conv_impl': conv.get(conv_impl, device_count=device_count)}
-  if model_config.get('small_stem'):
-    kwargs['small_stem'] = True
-  return kwargs
+def model_kwargs(model_config, dtype, conv_impl=None):
+  """`models.create`'s options for a config's model block; `conv_impl` from `conv.choose`."""
+  return {'dtype': jax.numpy.dtype(dtype), 'conv_impl': conv_impl,
+          **models.architecture(model_config)}
 
 
 class Run:
@@ -62,9 +60,8 @@ class Run:
     self.lr_fn = learning_rate_fn(config, self.steps_per_epoch, self.total_steps)
     self.tx = distill.make_optimizer(config, self.lr_fn)
     # The convolution and the XLA options that go with it depend on the mesh ('auto').
-    options_of = functools.partial(model_kwargs, dtype=config.dtype,
-                                   conv_impl=config.conv_impl, device_count=mesh.size)
-    self.compiler_options = conv.compiler_options(config.conv_impl, device_count=mesh.size)
+    conv_impl, self.compiler_options = conv.choose(config.conv_impl, mesh.size)
+    options_of = functools.partial(model_kwargs, dtype=config.dtype, conv_impl=conv_impl)
     self.student = models.create(config.student.model, self.spec.num_classes,
                                  **options_of(config.student))
     self.teacher = self.distiller = None
@@ -138,9 +135,7 @@ def _every(step, period, total):
 def load_teacher_variables(config, run):
   if config.method == 'scratch':
     return {}
-  return parallel.replicate(checkpoints.load_teacher(
-      zoo.resolve(config.teacher.checkpoint), config.teacher.model, run.spec.num_classes,
-      run.spec.image_shape[-1], **model_kwargs(config.teacher, 'float32')), run.mesh)
+  return parallel.replicate(teachers.load_variables(config, run.spec), run.mesh)
 
 
 def prepare(config, *, run=None, mesh=None):
@@ -264,9 +259,5 @@ def versus_reference(reference_top1, best_top1):
 
 
 def _model_meta(config, run, **extra):
-  model_config = config.student
-  meta = dict(model=model_config.model, num_classes=run.spec.num_classes,
-              dataset=config.dataset, **extra)
-  if model_config.get('small_stem'):
-    meta['small_stem'] = True
-  return meta
+  return dict(model=config.student.model, num_classes=run.spec.num_classes,
+              dataset=config.dataset, **models.architecture(config.student), **extra)

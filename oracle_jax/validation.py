@@ -4,10 +4,10 @@ import math
 import numbers
 import re
 
-from oracle_jax import conv, distill, models
+from oracle_jax import conv, data, distill, distillers, models
 from oracle_jax.errors import ConfigError  # pylint: disable=unused-import  (callers catch it here)
 
-METHODS = ('scratch', 'kd', 'fitnet', 'at', 'dkd', 'sad')
+METHODS = ('scratch',) + distillers.METHODS  # scratch: supervised, no teacher
 DTYPES = ('float32', 'bfloat16')
 SCHEDULES = ('step', 'cosine')
 
@@ -82,8 +82,7 @@ def check_ranges(config):
 
 
 def validate_config(config):
-  from oracle_jax import data  # pylint: disable=g-import-not-at-top
-  data.dataset_spec(config.dataset)  # unknown dataset → ConfigError listing the known ones
+  spec = data.dataset_spec(config.dataset)  # unknown → ConfigError listing the known ones
   _require(config.method in METHODS,
            f'Unknown method {config.method!r}; choose one of {", ".join(METHODS)}.')
   names = [config.student.model] + ([config.teacher.model] if config.method != 'scratch' else [])
@@ -95,8 +94,8 @@ def validate_config(config):
            f'batch_size={config.batch_size}.')
   _require(config.train_steps > 0 or config.num_epochs > 0,
            f'num_epochs must be > 0 when train_steps is 0, got {config.num_epochs}.')
-  _require(not (config.dataset == 'imagenet2012' and config.train_examples),
-           'train_examples is not supported for imagenet2012 (streamed); set it to 0.')
+  _require(not (spec.streamed and config.train_examples),
+           f'train_examples is not supported for {spec.name} (streamed); set it to 0.')
   _require(config.dtype in DTYPES, f'dtype must be one of {DTYPES}, got {config.dtype!r}.')
   _require(config.conv_impl in conv.NAMES,
            f'conv_impl must be one of {conv.NAMES}, got {config.conv_impl!r}.')

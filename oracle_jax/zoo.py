@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 import uuid
 
-from oracle_jax import checkpoints, errors, fileio, torch_import
+from oracle_jax import data, errors, fileio, torch_import
 
 PREFIX = 'zoo:'
 _CHUNK = 1 << 20
@@ -51,7 +51,7 @@ def _official(dataset, arch, file, reference_top1, sha256, size):
   url = ('https://github.com/myunghakLee/Distillation-for-High-Quality-Knowledge-Extraction/'
          f'raw/4c1143afe4cabeb595b6e960ff69cd132c91917f/teacher_models/{dataset.upper()}/'
          f'{arch}/{file}')
-  return Teacher(url, arch, 100 if dataset == 'cifar100' else 10, dataset, reference_top1,
+  return Teacher(url, arch, data.dataset_spec(dataset).num_classes, dataset, reference_top1,
                  sha256, size)
 
 
@@ -151,12 +151,11 @@ def _verify(path, sha256):
 
 def _convert(name, teacher, source, teacher_dir, sha256):
   """`source` (.pth) → an orbax teacher checkpoint at `teacher_dir`, written aside first."""
-  variables = torch_import.load(str(source), teacher.arch, teacher.classes)
   staging = teacher_dir.parent / f'.{teacher_dir.name}.converting-{uuid.uuid4().hex[:12]}'
   try:
-    checkpoints.save_model(staging, variables, model=teacher.arch, num_classes=teacher.classes,
-                           dataset=teacher.dataset, zoo=name, url=teacher.url, sha256=sha256,
-                           reference_top1=teacher.reference_top1)
+    torch_import.convert_file(str(source), staging, teacher.arch, teacher.classes,
+                              dataset=teacher.dataset, zoo=name, url=teacher.url,
+                              sha256=sha256, reference_top1=teacher.reference_top1)
     try:
       staging.rename(teacher_dir)
     except OSError:

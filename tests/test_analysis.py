@@ -57,7 +57,7 @@ def two_class_probs(confidence):
 def test_ece_equals_numpy():
   probs, labels = random_probs(1000, 10)
   for num_bins in (1, 10, 15):
-    value, diagram = analysis.ece(probs, labels, num_bins)
+    value, diagram = analysis.metrics.ece(probs, labels, num_bins)
     np.testing.assert_allclose(value, numpy_ece(probs, labels, num_bins), rtol=1e-5)
     assert diagram['count'].sum() == 1000 and len(diagram['count']) == num_bins
 
@@ -67,7 +67,7 @@ def test_ece_of_perfect_calibration_is_zero():
   confidence = np.repeat([0.55, 0.65, 0.75, 0.85, 0.95], 20)
   correct_in_bin = (np.arange(20)[None] < np.array([11, 13, 15, 17, 19])[:, None]).ravel()
   labels = np.where(correct_in_bin, 0, 1)
-  value, diagram = analysis.ece(two_class_probs(confidence), labels, num_bins=10)
+  value, diagram = analysis.metrics.ece(two_class_probs(confidence), labels, num_bins=10)
   assert value < 1e-6
   filled = diagram['count'] > 0
   np.testing.assert_allclose(diagram['accuracy'][filled], diagram['confidence'][filled],
@@ -77,7 +77,7 @@ def test_ece_of_perfect_calibration_is_zero():
 def test_ece_of_overconfidence_is_closed_form():
   # Confidence 0.9 everywhere, 60 % correct: ECE = |0.6 - 0.9| = 0.3.
   labels = np.where(np.arange(100) < 60, 0, 1)
-  value, diagram = analysis.ece(two_class_probs(np.full(100, 0.9)), labels)
+  value, diagram = analysis.metrics.ece(two_class_probs(np.full(100, 0.9)), labels)
   np.testing.assert_allclose(value, 0.3, atol=1e-6)
   assert diagram['count'].max() == 100 and np.nansum(diagram['accuracy']) == 0.6
 
@@ -85,7 +85,7 @@ def test_ece_of_overconfidence_is_closed_form():
 def test_bins_are_right_closed():
   # (m-1)/M < c <= m/M: 0.5 ends bin 0 of 2; 1.0 ends the last; 0 is in the first.
   np.testing.assert_array_equal(
-      analysis.bin_index(jnp.array([0.0, 0.5, 0.51, 1.0]), 2), [0, 0, 1, 1])
+      analysis.metrics.bin_index(jnp.array([0.0, 0.5, 0.51, 1.0]), 2), [0, 0, 1, 1])
 
 
 def test_entropy_bits_equals_numpy():
@@ -93,29 +93,29 @@ def test_entropy_bits_equals_numpy():
   for temperature in (1.0, 4.0):
     p = np.exp(logits / temperature)
     p /= p.sum(-1, keepdims=True)
-    np.testing.assert_allclose(analysis.entropy_bits(logits, temperature),
+    np.testing.assert_allclose(analysis.metrics.entropy_bits(logits, temperature),
                                -(p * np.log2(p)).sum(-1), rtol=1e-5, atol=1e-6)
   # Uniform over 8 classes: exactly 3 bits.
-  np.testing.assert_allclose(analysis.entropy_bits(np.zeros((1, 8))), [3.0], rtol=1e-6)
+  np.testing.assert_allclose(analysis.metrics.entropy_bits(np.zeros((1, 8))), [3.0], rtol=1e-6)
 
 
 def test_silhouette_equals_sklearn_and_hand_computation():
   x = np.random.default_rng(2).normal(size=(200, 5))
   y = np.random.default_rng(3).integers(0, 4, 200)
-  np.testing.assert_allclose(analysis.silhouette(x, y), metrics.silhouette_score(x, y))
+  np.testing.assert_allclose(analysis.metrics.silhouette(x, y), metrics.silhouette_score(x, y))
   # Points 0, 1 (class 0) and 4, 6 (class 1) on a line. s_i = (b - a) / max(a, b):
   # 0: a=1 b=5 → 0.8; 1: a=1 b=4 → 0.75; 4: a=2 b=3.5 → 3/7; 6: a=2 b=5.5 → 7/11.
   line = np.array([[0.0], [1.0], [4.0], [6.0]])
-  np.testing.assert_allclose(analysis.silhouette(line, np.array([0, 0, 1, 1])),
+  np.testing.assert_allclose(analysis.metrics.silhouette(line, np.array([0, 0, 1, 1])),
                              np.mean([0.8, 0.75, 3 / 7, 7 / 11]))
-  assert np.isnan(analysis.silhouette(line, np.zeros(4)))  # One cluster: undefined.
+  assert np.isnan(analysis.metrics.silhouette(line, np.zeros(4)))  # One cluster: undefined.
 
 
 def test_streaming_equals_one_shot():
   logits = np.random.default_rng(4).normal(size=(300, 10)).astype(np.float32) * 3
   labels = np.random.default_rng(5).integers(0, 10, 300)
   mask = np.ones(300, bool)
-  stats = functools.partial(analysis.batch_stats, num_bins=15, temperature=4.0)
+  stats = functools.partial(analysis.metrics.batch_stats, num_bins=15, temperature=4.0)
   one_shot = jax.device_get(stats(logits, labels, mask))
   streamed = None
   for part in np.array_split(np.arange(300), 7):
@@ -126,27 +126,27 @@ def test_streaming_equals_one_shot():
   for k in ('count', 'correct'):
     np.testing.assert_array_equal(streamed[k], one_shot[k])
   np.testing.assert_allclose(streamed['confidence'], one_shot['confidence'], rtol=1e-5)
-  a, b = analysis.summarize(streamed), analysis.summarize(one_shot)
+  a, b = analysis.metrics.summarize(streamed), analysis.metrics.summarize(one_shot)
   assert a['top1'] == b['top1'] and a['num_examples'] == 300
   np.testing.assert_allclose(a['ece'], b['ece'], rtol=1e-5)
   np.testing.assert_allclose(a['entropy_bits'], b['entropy_bits'], rtol=1e-5)
   np.testing.assert_allclose(a['ece'], numpy_ece(
-      analysis.soft_targets(logits, 1.0), labels, 15), rtol=1e-4)
+      analysis.metrics.soft_targets(logits, 1.0), labels, 15), rtol=1e-4)
 
 
 def test_select_gamma_maximises_fine_silhouette():
   rows = [{'gamma': g, 'silhouette_fine': s}
           for g, s in ((0, 0.1), (0.5, 0.4), (1, 0.4), (5, float('nan')))]
-  assert analysis.select_gamma(rows) == 0.5  # Ties go to the smaller γ; NaN is skipped.
+  assert analysis.evaluation.select_gamma(rows) == 0.5  # Ties go to the smaller γ; NaN is skipped.
   assert analysis.override_line(0.5) == '--config.oracle.gamma=0.5'
   with pytest.raises(ValueError, match='silhouette'):
-    analysis.select_gamma([{'gamma': 1.0, 'silhouette_fine': float('nan')}])
+    analysis.evaluation.select_gamma([{'gamma': 1.0, 'silhouette_fine': float('nan')}])
 
 
 def test_parse_gammas():
-  assert analysis.parse_gammas(['1', '0', '0.5', '1']) == (0.0, 0.5, 1.0)
+  assert analysis.command.parse_gammas(['1', '0', '0.5', '1']) == (0.0, 0.5, 1.0)
   with pytest.raises(ValueError, match='>= 0'):
-    analysis.parse_gammas(['-1'])
+    analysis.command.parse_gammas(['-1'])
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -205,7 +205,7 @@ def test_evaluate_streams_sharded_batches(digits_teacher):
   assert jax.device_count() == 8
   n, gammas = 150, (0.0, 5.0)
   images, labels, batches = synthetic_batches(n, 32)
-  out = analysis.evaluate(model, variables, iter(batches), DIGITS, gammas=gammas,
+  out = analysis.evaluation.evaluate(model, variables, iter(batches), DIGITS, gammas=gammas,
                           global_batch_size=32, sample_size=100, num_bins=15,
                           temperature=4.0)
   stats = out['stats']
@@ -219,9 +219,9 @@ def test_evaluate_streams_sharded_batches(digits_teacher):
 
   direct = jax.device_get(direct_logits(data.normalize(images, DIGITS)))
   for i, logits in ((0, direct[0]), (2, direct[1])):
-    expected = analysis.summarize(jax.device_get(analysis.batch_stats(
+    expected = analysis.metrics.summarize(jax.device_get(analysis.metrics.batch_stats(
         logits, labels, np.ones(n, bool), num_bins=15, temperature=4.0)))
-    got = analysis.summarize({k: v[i] for k, v in stats.items()})
+    got = analysis.metrics.summarize({k: v[i] for k, v in stats.items()})
     assert got['num_examples'] == n
     np.testing.assert_allclose(got['top1'], expected['top1'], atol=100 / n + 1e-9)
     np.testing.assert_allclose(got['ece'], expected['ece'], atol=2 / n)
@@ -242,12 +242,12 @@ def test_evaluate_streams_sharded_batches(digits_teacher):
 def test_evaluate_max_examples_and_batch_size_check(digits_teacher):
   _, model, variables = digits_teacher
   _, _, batches = synthetic_batches(100, 32)
-  out = analysis.evaluate(model, variables, iter(batches), DIGITS, gammas=(1.0,),
+  out = analysis.evaluation.evaluate(model, variables, iter(batches), DIGITS, gammas=(1.0,),
                           global_batch_size=32, sample_size=10, max_examples=40)
   assert out['stats']['count'][0].sum() == 40
   assert out['sample']['index'].max() < 40
   with pytest.raises(ValueError, match='divisible by the 8 devices'):
-    analysis.evaluate(model, variables, iter(batches), DIGITS, gammas=(1.0,),
+    analysis.evaluation.evaluate(model, variables, iter(batches), DIGITS, gammas=(1.0,),
                       global_batch_size=12)
 
 
@@ -296,7 +296,7 @@ def test_command_writes_every_table(digits_report):
   for section in ('## Table 1', '## Table 2', '## Table 3', '## Silhouette', '## Selected γ'):
     assert section in md
   selected = [r['gamma'] for r in rows if r['selected']]
-  assert selected == [analysis.select_gamma(rows_with_nan(rows))]
+  assert selected == [analysis.evaluation.select_gamma(rows_with_nan(rows))]
   line = analysis.override_line(selected[0])
   assert line in md and line in result.stdout.splitlines()
   assert (out / 'gamma_override.txt').read_text() == line + '\n'
@@ -310,7 +310,7 @@ def rows_with_nan(rows):
 def test_command_writes_every_figure(digits_report):
   out, _ = digits_report
   md = (out / 'report.md').read_text()
-  for name in analysis.FIGURES:
+  for name in analysis.report.FIGURES:
     content = (out / name).read_bytes()
     assert content.startswith(PNG_MAGIC) and len(content) > 5000, name
     assert f']({name})' in md

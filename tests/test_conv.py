@@ -298,6 +298,9 @@ def test_get():
   assert conv.compiler_options('cpu', 'cpu') == conv.CPU_COMPILER_OPTIONS
   assert conv.compiler_options('auto', 'cpu', 8) == {}
   assert conv.compiler_options('chunked', 'gpu') == {} == conv.compiler_options('default', 'cpu')
+  impl, options = conv.choose('auto', device_count=1, backend='cpu')
+  assert impl.keywords == conv.get('cpu').keywords and options == conv.CPU_COMPILER_OPTIONS
+  assert conv.choose('auto', device_count=8, backend='cpu') == (None, {})
   with pytest.raises(ValueError, match='Unknown conv_impl'):
     conv.get('fast')
   with pytest.raises(ValueError, match='chunk_size'):

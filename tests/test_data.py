@@ -8,6 +8,7 @@ import pytest
 
 from oracle_jax import data
 from oracle_jax.data import augment
+from oracle_jax.data import global_batches
 from oracle_jax.data import pipeline
 from oracle_jax.data import sources
 
@@ -54,6 +55,14 @@ def test_unknown_dataset_lists_known_names():
   with pytest.raises(ValueError, match=r"'mnist'.*cifar10, cifar100, digits, "
                      r'imagenet2012, tiny_imagenet'):
     data.dataset_spec('mnist')
+
+
+def test_how_each_dataset_is_read_and_augmented():
+  names = ('digits', 'cifar10', 'cifar100', 'tiny_imagenet', 'imagenet2012')
+  specs = [data.dataset_spec(n) for n in names]
+  assert [s.streamed for s in specs] == [False, False, False, False, True]
+  assert [pipeline.augmentation(s) for s in specs[:4]] == [(1, False)] + [(4, True)] * 3
+  assert [s.eval_split for s in specs] == ['test'] * 3 + ['validation'] * 2
 
 
 @pytest.mark.parametrize('name', ['digits', 'cifar10', 'cifar100', 'tiny_imagenet',
@@ -246,7 +255,7 @@ def test_eval_each_example_once_across_processes():
 
 def test_batch_not_divisible_by_processes():
   with pytest.raises(ValueError, match='multiple of the number of processes, 3'):
-    pipeline.local_batch_size(10, 3)
+    global_batches.local_batch_size(10, 3)
 
 
 def test_digits_eval_iterator_pads_and_masks(data_dir):

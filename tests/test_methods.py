@@ -8,9 +8,7 @@ import tensorflow_datasets as tfds
 from helpers import digits_config
 
 from configs import common
-from oracle_jax import data, distill, models, oracle, parallel, train
-
-METHODS = ('kd', 'fitnet', 'at', 'dkd', 'sad')
+from oracle_jax import data, distill, distillers, models, oracle, parallel, train
 
 
 def test_teacher_features_come_from_x_star():
@@ -56,7 +54,7 @@ def digits(digits_data_dir):
 
 
 @pytest.mark.parametrize('oracle_on', [False, True])
-@pytest.mark.parametrize('method', METHODS)
+@pytest.mark.parametrize('method', distillers.METHODS)
 def test_every_method_trains_on_digits_eight_devices(digits, method, oracle_on):
   data_dir, batches, teacher_variables = digits
   config = digits_config(data_dir, method=method, **{'oracle.enabled': oracle_on,
@@ -80,7 +78,7 @@ def test_every_method_trains_on_digits_eight_devices(digits, method, oracle_on):
     assert any(jax.tree.leaves(moved))
 
 
-@pytest.mark.parametrize('method', METHODS)
+@pytest.mark.parametrize('method', distillers.METHODS)
 def test_every_method_with_oracle_on_mock_cifar100(method, tmp_path):
   config = common.base_config()
   config.update(dict(method=method, data_dir=str(tmp_path), batch_size=8, eval_batch_size=8))

@@ -17,7 +17,7 @@ from helpers import REPO, digits_config, main_command, saved_steps
 
 from configs import default as default_config
 from oracle_jax import checkpoints, cli, data, demo, errors, fileio, metrics_io, models
-from oracle_jax import torch_import, train, validation, workdirs
+from oracle_jax import teachers, torch_import, train, validation, workdirs
 
 
 # --------------------------------------------------------------------- one-line errors
@@ -264,7 +264,7 @@ def test_a_second_model_replaces_the_first(tmp_path):
   checkpoints.save_model(out, _zero_variables('resnet32'), model='resnet32', num_classes=100)
   variables, meta = checkpoints.load_model(out)
   assert meta['model'] == 'resnet32' and meta['step'] == 0
-  checkpoints.check_variables(variables, _zero_variables('resnet32'), 'resnet32')
+  teachers.check_variables(variables, _zero_variables('resnet32'), 'resnet32')
   assert len(list(out.iterdir())) == 1  # the old model is gone
   mine = tmp_path / 'mine'
   mine.mkdir()

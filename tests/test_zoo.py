@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import REFERENCE_DIR
-from oracle_jax import checkpoints, torch_import, train, zoo
+from oracle_jax import checkpoints, teachers, torch_import, train, zoo
 
 NAME = 'official/cifar100/resnet20'
 PTH = REFERENCE_DIR / 'torch' / 'cifar100_resnet20_state_dict.pth'  # that very file
@@ -45,7 +45,7 @@ def test_fetch_converts_prints_and_loads_as_a_teacher(local_registry, tmp_path, 
   teacher_dir = tmp_path / 'official' / 'cifar100' / 'resnet20'
   assert capsys.readouterr().out.strip() == (
       f'--config.teacher.model=resnet20 --config.teacher.checkpoint={teacher_dir}')
-  variables = checkpoints.load_teacher(str(teacher_dir), 'resnet20', 100)
+  variables = teachers.read(str(teacher_dir), 'resnet20', 100)
   assert_same_variables(variables, torch_import.load(str(PTH), 'resnet20', 100))
   _, meta = checkpoints.load_model(teacher_dir)
   assert (meta['zoo'], meta['sha256'], meta['reference_top1']) == (
@@ -162,5 +162,5 @@ def test_official_cifar10_teacher_a_pickled_module(tmp_path, monkeypatch):
   name = 'official/cifar10/resnet20'
   pth = REFERENCE_DIR / 'torch' / 'cifar10_resnet20_pickled_module.pth'
   monkeypatch.setitem(zoo.REGISTRY, name, dataclasses.replace(zoo.REGISTRY[name], url=pth.as_uri()))
-  variables = checkpoints.load_teacher(str(zoo.fetch(name, tmp_path)), 'resnet20', 10)
+  variables = teachers.read(str(zoo.fetch(name, tmp_path)), 'resnet20', 10)
   assert_same_variables(variables, torch_import.load(str(pth), 'resnet20', 10))

@@ -11,8 +11,8 @@ import math
 import jax
 import tensorflow_datasets as tfds
 
-from oracle_jax.data import pipeline
 from oracle_jax.data import sources
+from oracle_jax.data.global_batches import local_batch_size
 
 # This module is imported only when ImageNet is used; TF is hidden from the GPU
 # before any TF op runs.
@@ -26,7 +26,7 @@ _CROP_ATTEMPTS = 10
 
 def train_iterator(spec, *, data_dir, global_batch_size, seed, start_step, augment):
   """This process's part of each training batch: image uint8 [b, 224, 224, 3]."""
-  local = pipeline.local_batch_size(global_batch_size, jax.process_count())
+  local = local_batch_size(global_batch_size, jax.process_count())
   options = tf.data.Options()
   options.deterministic = True
   ds = process_shard(sources.builder(spec, data_dir), 'train', shuffle_files=True,
@@ -53,7 +53,7 @@ def train_iterator(spec, *, data_dir, global_batch_size, seed, start_step, augme
 
 def eval_iterator(spec, *, data_dir, global_batch_size, split):
   """One pass over `split`, padded so that every process yields as many batches."""
-  local = pipeline.local_batch_size(global_batch_size, jax.process_count())
+  local = local_batch_size(global_batch_size, jax.process_count())
   b = sources.builder(spec, data_dir)
   # even_splits gives shards of equal size +-1: the largest sets the batch count.
   shard = math.ceil(sources.split_size(b, split) / jax.process_count())

@@ -11,7 +11,7 @@ and a global batch may span two epochs. Global batch t holds positions
 b = B / process_count. Batches and augmentation therefore do not depend on the
 number of processes, and `start_step` jumps straight to any batch.
 
-imagenet2012 streams from disk instead (see imagenet.py).
+Streamed datasets (`spec.streamed`: imagenet2012) are read from disk instead (imagenet.py).
 """
 import functools
 import itertools
@@ -24,6 +24,7 @@ import numpy as np
 
 from oracle_jax.data import augment as augment_lib
 from oracle_jax.data import sources
+from oracle_jax.data.global_batches import local_batch_size, process_positions
 
 # Host batches computed ahead of the consumer, which moves them to the devices.
 _PREFETCH = 2
@@ -41,9 +42,9 @@ def train_iterator(spec, *, data_dir, global_batch_size, seed, start_step=0,
   local_batch_size(global_batch_size, jax.process_count())
   if seed < 0 or start_step < 0:
     raise ValueError(f'seed and start_step must be >= 0, got {seed}, {start_step}.')
-  if spec.name == 'imagenet2012':
+  if spec.streamed:
     if train_examples:
-      raise ValueError('train_examples is not supported for streamed imagenet2012.')
+      raise ValueError(f'train_examples is not supported for streamed {spec.name}.')
     from oracle_jax.data import imagenet  # pylint: disable=g-import-not-at-top
     return imagenet.train_iterator(
         spec, data_dir=data_dir, global_batch_size=global_batch_size, seed=seed,
@@ -66,7 +67,7 @@ def eval_iterator(spec, *, data_dir, global_batch_size, split=None):
   """
   split = split or spec.eval_split
   local_batch_size(global_batch_size, jax.process_count())  # Before reading data.
-  if spec.name == 'imagenet2012':
+  if spec.streamed:
     from oracle_jax.data import imagenet  # pylint: disable=g-import-not-at-top
     return imagenet.eval_iterator(
         spec, data_dir=data_dir, global_batch_size=global_batch_size, split=split)
@@ -77,10 +78,8 @@ def eval_iterator(spec, *, data_dir, global_batch_size, split=None):
 
 
 def augmentation(spec):
-  """(pad, flip) of the random crop + flip that trains `spec`."""
-  # Digits move by at most one pixel and are not left-right symmetric; the
-  # other datasets get the official code's RandomCrop(padding=4) + flip.
-  return (1, False) if spec.name == 'digits' else (4, True)
+  """(pad, flip) of the random crop + flip that trains in-memory dataset `spec`."""
+  return spec.crop_padding, spec.flip
 
 
 def train_batches(data, *, global_batch_size, seed, start_step, augmentation,
@@ -116,19 +115,6 @@ def eval_batches(data, *, global_batch_size, process_index, process_count):
       v[~mask] = 0
     batch['mask'] = mask
     yield batch
-
-
-def local_batch_size(global_batch_size, process_count):
-  if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(f'global_batch_size {global_batch_size} must be a positive '
-                     f'multiple of the number of processes, {process_count}.')
-  return global_batch_size // process_count
-
-
-def process_positions(step, global_batch_size, process_index, local_batch):
-  """Stream positions of process `process_index`'s slice of global batch `step`."""
-  start = step * global_batch_size + process_index * local_batch
-  return np.arange(start, start + local_batch, dtype=np.int64)
 
 
 def epoch_permutation(n, seed, epoch):

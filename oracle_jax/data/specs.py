@@ -18,6 +18,11 @@ class DatasetSpec:
   num_coarse_classes: int  # CIFAR-100's 20 superclasses; 0 elsewhere.
   eval_split: str
   manual: bool  # The raw files must be fetched by hand (no public download URL).
+  # Read from disk batch by batch (tf.data, RandomResizedCrop: imagenet.py) rather than
+  # held in host memory (pipeline.py, random crop of `crop_padding` + `flip`).
+  streamed: bool = False
+  crop_padding: int = 4  # The official code's RandomCrop(padding=4) + flip.
+  flip: bool = True
 
 
 def _specs():
@@ -28,7 +33,9 @@ def _specs():
       #           Digits().as_dataset(split='train', batch_size=2000))])
       #   (x / 255).mean(), (x / 255).std()  # float64, population std
       # = 0.305604, 0.375962; tests/test_data.py recomputes them.
-      DatasetSpec('digits', 10, (8, 8, 1), (0.3056,), (0.3760,), 0, 'test', False),
+      # Digits move by at most one pixel and are not left-right symmetric.
+      DatasetSpec('digits', 10, (8, 8, 1), (0.3056,), (0.3760,), 0, 'test', False,
+                  crop_padding=1, flip=False),
       # The official oracle-KD code's CIFAR-10 transforms (`dataset.py`; true per-channel
       # train statistics, unlike the common (0.2023, 0.1994, 0.2010) std).
       DatasetSpec('cifar10', 10, (32, 32, 3), (0.4914, 0.4822, 0.4465),
@@ -44,7 +51,7 @@ def _specs():
                   (0.2764, 0.2689, 0.2816), 0, 'validation', True),
       # torchvision's ImageNet statistics, which torchvision-trained teachers expect.
       DatasetSpec('imagenet2012', 1000, (224, 224, 3), (0.485, 0.456, 0.406),
-                  (0.229, 0.224, 0.225), 0, 'validation', True),
+                  (0.229, 0.224, 0.225), 0, 'validation', True, streamed=True),
   )}
 
 

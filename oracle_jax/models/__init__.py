@@ -9,6 +9,9 @@ Train mode needs `mutable=['batch_stats']`.
 """
 import functools
 
+import jax
+import jax.numpy as jnp
+
 from oracle_jax import errors
 from oracle_jax.models.cifar_resnet import CifarResNet
 from oracle_jax.models.blocks import BasicBlock, Bottleneck
@@ -44,3 +47,16 @@ def create(name: str, num_classes: int, **kwargs):
     if kwargs.pop('small_stem'):
       raise errors.ConfigError(f'small_stem applies to {IMAGENET_MODELS} only, not {name!r}.')
   return _REGISTRY[name](num_classes=num_classes, **kwargs)
+
+
+def architecture(model_config) -> dict:
+  """The architecture options beyond the name in a config's model block (`config.teacher`,
+  `config.student`) or a model checkpoint's meta, as `create` takes and `meta` records
+  them: `small_stem`, only when set."""
+  return {'small_stem': True} if model_config.get('small_stem') else {}
+
+
+def abstract_variables(name: str, num_classes: int, in_channels: int = 3, **kwargs):
+  """Shapes of model `name`'s variables, without allocating them."""
+  model = create(name, num_classes, **kwargs)
+  return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, in_channels)))

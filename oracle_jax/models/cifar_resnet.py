@@ -42,7 +42,4 @@ class CifarResNet(nn.Module):
     # Every block's output after its ReLU: the official SAD code's `is_feat` list (its
     # f1_act + f2_act + f3_act), which it distils block by block.
     feats['blocks'] = tuple(blocks)
-    pooled = layers.global_avg_pool(x)
-    logits = layers.classifier(self.num_classes, self.widths[-1])(pooled)
-    feats.update(pooled=pooled, logits=logits)
-    return (logits, feats) if return_features else logits
+    return layers.pool_and_classify(x, feats, self.num_classes, return_features)

@@ -39,7 +39,4 @@ class ImageNetResNet(nn.Module):
         x = self.block(64 * 2**(stage - 1), stride, train, self.dtype, self.conv_impl,
                        name=f'layer{stage}_{i}')(x)
       feats[f'stage{stage}'] = x
-    pooled = layers.global_avg_pool(x)
-    logits = layers.classifier(self.num_classes, x.shape[-1])(pooled)
-    feats.update(pooled=pooled, logits=logits)
-    return (logits, feats) if return_features else logits
+    return layers.pool_and_classify(x, feats, self.num_classes, return_features)

@@ -65,8 +65,8 @@ def batch_norm_train(x, scale, bias, epsilon):
 
   Its VJP is the closed form (as PyTorch's batch_norm_backward): two per-channel sums and
   one elementwise pass, where autodiff of the two-pass statistics leaves XLA five
-  reductions and several full-size temporaries per layer (1.2-1.7x slower per layer on
-  CPU, benchmarks/README.md). Cotangents of mean and var are honoured too.
+  reductions and several full-size temporaries per layer (slower on CPU,
+  benchmarks/README.md). Cotangents of mean and var are honoured too.
   """
   return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
 
@@ -137,3 +137,12 @@ def classifier(num_classes, fan_in, *, name='fc'):
 
 def global_avg_pool(x):
   return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+def pool_and_classify(x, feats, num_classes, return_features):
+  """Every model's tail: global mean, then `fc`; with `return_features`, also `feats`
+  completed with `pooled` and `logits` (models/__init__.py). Called inside a model's
+  compact `__call__`, so `fc` is that model's layer."""
+  pooled = global_avg_pool(x)
+  logits = classifier(num_classes, x.shape[-1])(pooled)
+  return (logits, {**feats, 'pooled': pooled, 'logits': logits}) if return_features else logits

@@ -49,7 +49,4 @@ class WideResNet(nn.Module):
                       name=f'block{stage}_{i}')(x)
       feats[f'stage{stage}'] = x
     x = nn.relu(layers.BatchNorm(not train, dtype=self.dtype, name='bn1')(x))
-    pooled = layers.global_avg_pool(x)
-    logits = layers.classifier(self.num_classes, widths[-1])(pooled)
-    feats.update(pooled=pooled, logits=logits)
-    return (logits, feats) if return_features else logits
+    return layers.pool_and_classify(x, feats, self.num_classes, return_features)
