@@ -310,13 +310,14 @@ def train_population(members, directory, *, mesh=None):
     logging.warning('Resuming the population from step %d in %s', start, directory)
 
   teacher_variables = parallel.replicate(data_teacher, pmesh) if run.teacher else {}
+  student = vmapped_student(reference, run.spec)
   train_step = jit_population_step(
-      pmesh, run.compiler_options, student=vmapped_student(reference, run.spec), teacher=run.teacher, spec=run.spec,
+      pmesh, run.compiler_options, student=student, teacher=run.teacher, spec=run.spec,
       learning_rate_fn=run.lr_fn, steps_per_epoch=run.steps_per_epoch,
       oracle_steps=reference.oracle.steps,
       reference_batch_size=reference.oracle.reference_batch_size,
       label_smoothing=reference.label_smoothing)
-  eval_step = jit_population_eval(pmesh, run.compiler_options, model=run.student, spec=run.spec)
+  eval_step = jit_population_eval(pmesh, run.compiler_options, model=student, spec=run.spec)
   batch_sharding = NamedSharding(pmesh, P(None, 'data'))
   arrays = parallel.replicate(arrays, pmesh)
   writers = [metrics_io.MetricWriter(w) for w in workdirs]
