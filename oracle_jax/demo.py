@@ -1,18 +1,18 @@
 """The offline default: a digits teacher, then students three ways over several seeds.
 
 Within a seed every method shares the student's init, the batches and the augmentation,
-so the paired differences isolate the method. The table reports what it measures,
+so the paired differences isolate the method. The students train as one vmapped
+population (`oracle_jax/population.py`): one program, the teacher's work shared per seed. The table reports what it measures,
 whichever method wins (on this small data KD vs oracle-KD is within seed noise; see
 README).
 """
 import copy
-import json
 import os
 
 import jax
 import numpy as np
 
-from oracle_jax import analysis, sweep, train
+from oracle_jax import analysis, fileio, sweep, train
 
 METHODS = ('scratch', 'kd', 'oracle_kd')
 
@@ -68,6 +68,5 @@ def run(config, workdir):
         best_top1=float(np.mean([r['best_top1'] for r in oracle_runs])),
         final_train_loss=float(np.mean([r['final_train_loss'] for r in oracle_runs])),
         steps=config.train_steps, methods=rows, runs=results, teacher=teacher, table=table)
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump(summary, f, indent=2)
+    fileio.write_json(os.path.join(workdir, 'results.json'), summary)
   return rows, teacher

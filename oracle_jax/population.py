@@ -1,5 +1,6 @@
 """Populations: P students of one teacher and one student architecture trained as one
-jitted program, `jax.vmap` over members.
+jitted program over a member axis (`jax.vmap`; on one CPU device `lax.map`, see
+`member_loop_for`).
 
 Small students are overhead-bound (a resnet8 step on the 8×8 digits is well under a
 GFLOP): run one after another, every run pays its own compile, dispatch, host loop,
@@ -132,10 +133,10 @@ def teacher_logits(teacher, teacher_variables, x, labels, arrays, *, oracle_step
 
 def population_step(state, teacher_variables, batch, arrays, *, student, teacher, spec,
                     learning_rate_fn, steps_per_epoch, oracle_steps, reference_batch_size,
-                    label_smoothing):
+                    label_smoothing, member_loop='vmap'):
   """One optimizer step of every member. `state`: TrainStates stacked on a leading
-  member axis [P]; `batch`: the distinct batches stacked, [D, B, …]; `arrays`: `plan`'s.
-  Returns the new state and metrics of shape [P]."""
+  member axis [P]; `batch`: the distinct batches stacked, [D, B, …]; `arrays`: `plan`'s;
+  `member_loop`: see `over_members`. Returns the new state and metrics of shape [P]."""
   x = data.normalize(batch['image'], spec)
   labels = batch['label']
   member_x, member_labels = x[arrays['batch']], labels[arrays['batch']]
@@ -161,10 +162,28 @@ def population_step(state, teacher_variables, batch, arrays, *, student, teacher
              learning_rate=learning_rate_fn(state.step) * lr_scale)
     return distill.apply_gradients(state, grads, batch_stats, lr_scale), m
 
-  state, member_metrics = jax.vmap(member_step)(
-      state, member_x, member_labels, member_teacher, arrays['alpha'], arrays['ce_weight'],
-      arrays['temperature'], arrays['learning_rate_scale'])
+  state, member_metrics = over_members(
+      member_step, member_loop, state, member_x, member_labels, member_teacher,
+      arrays['alpha'], arrays['ce_weight'], arrays['temperature'], arrays['learning_rate_scale'])
   return state, {**metrics, **member_metrics}
+
+
+def over_members(fn, member_loop, *args):
+  """`fn` of each member's slice of `args` (leading axis): 'vmap' batches the members'
+  computations; 'map' (`lax.map`) runs them one after another inside the one program."""
+  if member_loop == 'map':
+    return jax.lax.map(lambda a: fn(*a), args)
+  return jax.vmap(fn)(*args)
+
+
+def member_loop_for(mesh):
+  """'map' on one CPU device, 'vmap' elsewhere. On CPU a vmapped student is no faster
+  than its members one by one (batched matrix products and grouped convolutions run
+  ~2x slower per member than single ones, benchmarks/README.md), while `lax.map` keeps
+  each member's own fast kernels and still pays dispatch, host loop and teacher once;
+  accelerators and several devices (members split over them) batch well."""
+  one_cpu = jax.default_backend() == 'cpu' and mesh.shape['member'] == 1
+  return 'map' if one_cpu else 'vmap'
 
 
 def member_metric_names(config, names):
@@ -181,8 +200,9 @@ def member_metric_names(config, names):
 
 def vmapped_student(config, spec):
   """The student model for a member axis: on CPU its convolutions are `patch_conv`'s
-  (vmapped XLA convolutions with per-member kernels become slow grouped convolutions
-  there); elsewhere XLA's own. The parameters are the same either way."""
+  (XLA's CPU convolutions lose their fast paths over a member axis: vmapped they become
+  grouped convolutions, inside `lax.map` they are 10x slower than alone); elsewhere
+  XLA's own. The parameters are the same either way."""
   kwargs = train.model_kwargs(config.student, config.dtype)
   if jax.default_backend() == 'cpu':
     kwargs['conv_impl'] = patch_conv.patch_conv
@@ -212,9 +232,10 @@ def jit_population_step(mesh, compiler_options=None, **kwargs):
                  compiler_options=compiler_options or None)
 
 
-def jit_population_eval(mesh, compiler_options=None, **kwargs):
+def jit_population_eval(mesh, compiler_options=None, member_loop='vmap', **kwargs):
   """`(stacked variables, batch) -> sums [P]`: `distill.eval_step` of every member."""
-  step = jax.vmap(functools.partial(distill.eval_step, **kwargs), in_axes=(0, None))
+  def step(variables, batch):
+    return over_members(lambda v: distill.eval_step(v, batch, **kwargs), member_loop, variables)
   return jax.jit(step, in_shardings=(member_sharding(mesh), NamedSharding(mesh, P('data'))),
                  out_shardings=member_sharding(mesh), compiler_options=compiler_options or None)
 
@@ -316,8 +337,9 @@ def train_population(members, directory, *, mesh=None):
       learning_rate_fn=run.lr_fn, steps_per_epoch=run.steps_per_epoch,
       oracle_steps=reference.oracle.steps,
       reference_batch_size=reference.oracle.reference_batch_size,
-      label_smoothing=reference.label_smoothing)
-  eval_step = jit_population_eval(pmesh, run.compiler_options, model=student, spec=run.spec)
+      label_smoothing=reference.label_smoothing, member_loop=member_loop_for(pmesh))
+  eval_step = jit_population_eval(pmesh, run.compiler_options, member_loop_for(pmesh),
+                                  model=student, spec=run.spec)
   batch_sharding = NamedSharding(pmesh, P(None, 'data'))
   arrays = parallel.replicate(arrays, pmesh)
   writers = [metrics_io.MetricWriter(w) for w in workdirs]
