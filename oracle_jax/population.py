@@ -110,24 +110,26 @@ def plan(configs):
 # -------------------------------------------------------------------------------- step
 
 def teacher_logits(teacher, teacher_variables, x, labels, arrays, *, oracle_steps,
-                   reference_batch_size):
+                   reference_batch_size, member_loop='vmap'):
   """`(table, logits on x)`: rows 0…D−1 of `table` are the teacher's logits on each
-  distinct batch x_d, rows D… its logits on x* of each distinct (batch, γ)."""
+  distinct batch x_d, rows D… its logits on x* of each distinct (batch, γ). The batches
+  go through the teacher as `member_loop` says (see `over_members`)."""
   logits_fn = functools.partial(teacher.apply, teacher_variables, train=False)
+  each = lambda fn, *args: over_members(fn, member_loop, *args)
   if arrays['oracle_gamma'].shape[0] == 0:
-    logits_x = jax.vmap(logits_fn)(x)
+    logits_x = each(logits_fn, x)
     return logits_x, logits_x
-  gradient = jax.vmap(functools.partial(oracle.input_gradient, logits_fn,
-                                        reference_batch_size=reference_batch_size))
-  grads, logits_x = gradient(x, labels)  # one input gradient per distinct batch
+  gradient = functools.partial(oracle.input_gradient, logits_fn,
+                               reference_batch_size=reference_batch_size)
+  grads, logits_x = each(gradient, x, labels)  # one input gradient per distinct batch
   which = arrays['oracle_batch']
   gamma = arrays['oracle_gamma'].reshape(-1, *([1] * (x.ndim - 1)))
   x_star, grad = x[which], grads[which]
   for step in range(oracle_steps):
     if step:  # later steps start from each γ's own iterate
-      grad, _ = gradient(x_star, labels[which])
+      grad, _ = each(gradient, x_star, labels[which])
     x_star = oracle.reinforce_update(x_star, grad, gamma)
-  table = jnp.concatenate([logits_x, jax.vmap(logits_fn)(x_star)])
+  table = jnp.concatenate([logits_x, each(logits_fn, x_star)])
   return jax.lax.stop_gradient((table, logits_x))
 
 
@@ -144,7 +146,8 @@ def population_step(state, teacher_variables, batch, arrays, *, student, teacher
   if teacher is not None:
     table, logits_x = teacher_logits(teacher, teacher_variables, x, labels, arrays,
                                      oracle_steps=oracle_steps,
-                                     reference_batch_size=reference_batch_size)
+                                     reference_batch_size=reference_batch_size,
+                                     member_loop=member_loop)
     member_teacher = table[arrays['teacher_row']]
     by_member = jax.vmap(distill.accuracy)
     metrics = {'teacher_accuracy': by_member(logits_x[arrays['batch']], member_labels),
@@ -198,15 +201,16 @@ def member_metric_names(config, names):
 
 # ------------------------------------------------------------------------- devices, jit
 
-def vmapped_student(config, spec):
-  """The student model for a member axis: on CPU its convolutions are `patch_conv`'s
-  (XLA's CPU convolutions lose their fast paths over a member axis: vmapped they become
-  grouped convolutions, inside `lax.map` they are 10x slower than alone); elsewhere
-  XLA's own. The parameters are the same either way."""
-  kwargs = train.model_kwargs(config.student, config.dtype)
+def member_model(model_config, config, spec):
+  """The student (or teacher) model of a population: on CPU its convolutions are
+  `patch_conv`'s (XLA's CPU convolutions lose their fast paths over a member axis:
+  vmapped they become grouped convolutions, inside `lax.map` they run up to 10x slower
+  than alone; patches × kernel is also 1.5-2x faster than them on these tiny shapes,
+  benchmarks/README.md); elsewhere XLA's own. The parameters are the same either way."""
+  kwargs = train.model_kwargs(model_config, config.dtype)
   if jax.default_backend() == 'cpu':
     kwargs['conv_impl'] = patch_conv.patch_conv
-  return models.create(config.student.model, spec.num_classes, **kwargs)
+  return models.create(model_config.model, spec.num_classes, **kwargs)
 
 
 def make_mesh(population_size, devices=None):
@@ -331,9 +335,10 @@ def train_population(members, directory, *, mesh=None):
     logging.warning('Resuming the population from step %d in %s', start, directory)
 
   teacher_variables = parallel.replicate(data_teacher, pmesh) if run.teacher else {}
-  student = vmapped_student(reference, run.spec)
+  student = member_model(reference.student, reference, run.spec)
+  teacher = member_model(reference.teacher, reference, run.spec) if run.teacher else None
   train_step = jit_population_step(
-      pmesh, run.compiler_options, student=student, teacher=run.teacher, spec=run.spec,
+      pmesh, run.compiler_options, student=student, teacher=teacher, spec=run.spec,
       learning_rate_fn=run.lr_fn, steps_per_epoch=run.steps_per_epoch,
       oracle_steps=reference.oracle.steps,
       reference_batch_size=reference.oracle.reference_batch_size,
