@@ -126,8 +126,8 @@ def main(argv=None):
     state = jax.device_put(population.stack([new_state(c.seed) for c in configs]),
                            population.member_sharding(pmesh))
     step = population.jit_population_step(
-        pmesh, options, student=population.member_model(config.student, config, spec),
-        teacher=population.member_model(config.teacher, config, spec),
+        pmesh, options, student=population.member_model(config.student, config, spec, 1),
+        teacher=population.member_model(config.teacher, config, spec, 1),
         spec=spec, learning_rate_fn=lr_fn, steps_per_epoch=steps_per_epoch,
         oracle_steps=1, reference_batch_size=64, label_smoothing=0.0,
         member_loop=population.member_loop_for(pmesh))

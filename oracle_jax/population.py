@@ -201,14 +201,19 @@ def member_metric_names(config, names):
 
 # ------------------------------------------------------------------------- devices, jit
 
-def member_model(model_config, config, spec):
-  """The student (or teacher) model of a population: on CPU its convolutions are
-  `patch_conv`'s (XLA's CPU convolutions lose their fast paths over a member axis:
-  vmapped they become grouped convolutions, inside `lax.map` they run up to 10x slower
-  than alone; patches × kernel is also 1.5-2x faster than them on these tiny shapes,
-  benchmarks/README.md); elsewhere XLA's own. The parameters are the same either way."""
-  kwargs = train.model_kwargs(model_config, config.dtype)
-  if jax.default_backend() == 'cpu':
+# Images up to this many pixels (the 8×8 digits; not 32×32 CIFAR) use `patch_conv` on CPU.
+PATCH_CONV_MAX_PIXELS = 16 * 16
+
+
+def member_model(model_config, config, spec, device_count):
+  """The student (or teacher) model of a population. On CPU with tiny images its
+  convolutions are `patch_conv`'s: XLA's CPU convolutions lose their fast paths over a
+  member axis (vmapped they become grouped convolutions, inside `lax.map` the stock ones
+  run up to 10x slower than alone), and at 8×8 patches × kernel is 1.4-2x faster than
+  them anyway (benchmarks/README.md). At CIFAR size the patch matrix costs more than it
+  saves, so larger images keep `config.conv_impl`'s. The parameters are the same."""
+  kwargs = train.model_kwargs(model_config, config.dtype, config.conv_impl, device_count)
+  if jax.default_backend() == 'cpu' and np.prod(spec.image_shape[:2]) <= PATCH_CONV_MAX_PIXELS:
     kwargs['conv_impl'] = patch_conv.patch_conv
   return models.create(model_config.model, spec.num_classes, **kwargs)
 
@@ -335,8 +340,9 @@ def train_population(members, directory, *, mesh=None):
     logging.warning('Resuming the population from step %d in %s', start, directory)
 
   teacher_variables = parallel.replicate(data_teacher, pmesh) if run.teacher else {}
-  student = member_model(reference.student, reference, run.spec)
-  teacher = member_model(reference.teacher, reference, run.spec) if run.teacher else None
+  student = member_model(reference.student, reference, run.spec, len(devices))
+  teacher = (member_model(reference.teacher, reference, run.spec, len(devices))
+             if run.teacher else None)
   train_step = jit_population_step(
       pmesh, run.compiler_options, student=student, teacher=teacher, spec=run.spec,
       learning_rate_fn=run.lr_fn, steps_per_epoch=run.steps_per_epoch,
