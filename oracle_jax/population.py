@@ -78,10 +78,11 @@ def _oracle(config):
   return _distilled(config) and bool(config.oracle.enabled)
 
 
-def plan(configs):
+def plan(configs, base_learning_rate=None):
   """`(seeds, arrays)`: the distinct data seeds (batch d comes from `seeds[d]`) and the
-  arrays the step reads: each member's batch, teacher-logits row and scalars, and the
-  distinct (batch, γ) pairs whose x* the teacher sees."""
+  arrays the step reads: each member's batch, teacher-logits row and scalars (the
+  learning rate relative to `base_learning_rate`, that of the shared schedule; default
+  the first member's), and the distinct (batch, γ) pairs whose x* the teacher sees."""
   seeds = list(dict.fromkeys(int(c.seed) for c in configs))
   signals, rows = [], []
   for c in configs:
@@ -93,7 +94,7 @@ def plan(configs):
       rows.append(len(seeds) + signals.index(signal_))
     else:
       rows.append(batch)
-  base_lr = configs[0].optimizer.learning_rate
+  base_lr = base_learning_rate or configs[0].optimizer.learning_rate
   f32 = lambda values: np.asarray(values, np.float32)
   arrays = dict(
       batch=np.asarray([seeds.index(int(c.seed)) for c in configs], np.int32),
@@ -327,7 +328,7 @@ def train_population(members, directory, *, mesh=None):
   directory = checkpoints.resolve(directory)
   manager = checkpoints.TrainCheckpoints(directory / 'checkpoints', keep=reference.keep_checkpoints)
 
-  seeds, arrays = plan(configs)
+  seeds, arrays = plan(configs, reference.optimizer.learning_rate)
   state = jax.device_put(stack([run.init_state(c.seed) for c in configs]),
                          member_sharding(pmesh))
   state, meta = manager.restore_latest(state)
