@@ -5,6 +5,10 @@
         --classes=100 --kinds=student,kd,oracle --steps=20 [--conv_impl=default,chunked,cpu] \\
         [--peak] [--compare-torch] [--devices=1,2,4,8] [--dtype=bfloat16]
 
+`python launch/benchmark.py population [--shape=digits|cifar --sizes=1,2,4,8,16 …]` runs
+`benchmarks/population.py`: runs/hour of P students as one population against P runs one
+after another.
+
 Kinds (each the real code from `oracle_jax`, never a copy):
   student    the supervised student step (`method='scratch'`) of `distill.train_step`
   kd         plain KD: teacher forward on x + student CE+KD step
@@ -580,4 +584,8 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+  if sys.argv[1:2] == ['population']:  # runs/hour of populations: benchmarks/population.py
+    sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
+    import population as population_benchmark  # pylint: disable=g-import-not-at-top
+    sys.exit(population_benchmark.main(sys.argv[2:]))
   main()

@@ -3,7 +3,9 @@
     python launch/sweep.py --config=configs/cifar.py:resnet56,resnet20 --workdir=runs/sweep \
         --methods=kd,oracle_kd,dkd,oracle_dkd --seeds=0,1,2
 
-Each run lives in WORKDIR/<method>_seed<seed> and resumes if interrupted; the table
+Each run lives in WORKDIR/<method>_seed<seed> and resumes if interrupted (with
+--population=auto, the default, variants that can share one program train as one
+vmapped population, checkpointed in WORKDIR/populations/); the table
 (last- and best-epoch top-1, mean ± std over seeds, paired difference from --baseline) is
 printed and written to WORKDIR/sweep.md and WORKDIR/sweep.csv.
 """
@@ -21,6 +23,10 @@ flags.DEFINE_string('workdir', None, 'Directory of the grid.', required=True)
 flags.DEFINE_list('methods', ['kd', 'oracle_kd'], "Variants: a method, or 'oracle_<method>'.")
 flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds.')
 flags.DEFINE_string('baseline', 'kd', 'Variant the paired differences are taken from.')
+flags.DEFINE_enum('population', 'auto', ['auto', 'off'],
+                  'auto: variants that can share one program (KD family, same models, data '
+                  'and schedule) train as one vmapped population; off: one run after another. '
+                  'The table is the same either way.')
 FLAGS = flags.FLAGS
 
 
@@ -31,7 +37,7 @@ def main(argv):
     raise errors.UserError('--config is required, e.g. --config=configs/default.py.')
   from oracle_jax import fileio, sweep  # pylint: disable=g-import-not-at-top
   results = sweep.run_grid(FLAGS.config, FLAGS.workdir, FLAGS.methods,
-                           [int(s) for s in FLAGS.seeds])
+                           [int(s) for s in FLAGS.seeds], population=FLAGS.population)
   rows = sweep.summarize(results, FLAGS.baseline)
   table = sweep.markdown(rows, FLAGS.baseline)
   print(table)

@@ -1,8 +1,9 @@
 """The offline default: a digits teacher, then students three ways over several seeds.
 
 Within a seed every method shares the student's init, the batches and the augmentation,
-so the paired differences isolate the method. The table reports what it measures,
-whichever method wins (on this small data KD vs oracle-KD is within seed noise; see
+so the paired differences isolate the method. The students train as one vmapped
+population (`oracle_jax/population.py`): one program, the teacher's work shared per seed.
+The table reports what it measures, whichever method wins (on this small data KD vs oracle-KD is within seed noise; see
 README).
 """
 import copy

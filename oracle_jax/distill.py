@@ -87,27 +87,38 @@ def gradients(trainable, batch_stats, teacher_variables, batch, epoch, *, config
   x = data.normalize(batch['image'], spec)
   labels = batch['label']
   metrics = {}
-  features = distiller is not None and distiller.needs_features
+  t_logits = t_feats = None
   if distiller is not None:
     t_logits, t_feats, metrics = teacher_signal(config, teacher, teacher_variables, x, labels,
-                                                features)
+                                                distiller.needs_features)
+  grads, batch_stats, terms = student_gradients(
+      trainable, batch_stats, x, labels, t_logits, t_feats, epoch, student=student,
+      distiller=distiller, ce_weight=config.ce_weight, label_smoothing=config.label_smoothing)
+  return grads, batch_stats, {**metrics, **terms}
+
+
+def student_gradients(trainable, batch_stats, x, labels, t_logits, t_feats, epoch, *, student,
+                      distiller, ce_weight, label_smoothing):
+  """Gradients of `ce_weight · CE + distiller loss` (CE alone without a distiller) given
+  the teacher's signals: `(grads, new batch_stats, metrics)`. `ce_weight` and the
+  distiller's weights may be traced (a population's per-member values)."""
+  features = distiller is not None and distiller.needs_features
 
   def loss_fn(trainable):
     out, updates = student.apply({'params': trainable['student'], 'batch_stats': batch_stats},
                                  x, train=True, return_features=features, mutable=['batch_stats'])
     logits, s_feats = out if features else (out, None)
-    ce = losses.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+    ce = losses.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     if distiller is None:
       return ce, (logits, updates.get('batch_stats', {}), {'ce': ce})
     distill_loss, terms = distiller.loss(trainable['distiller'], logits, s_feats, t_logits,
                                          t_feats, labels, epoch=epoch)
-    return config.ce_weight * ce + distill_loss, (logits, updates.get('batch_stats', {}),
-                                                   {'ce': ce, **terms})
+    return ce_weight * ce + distill_loss, (logits, updates.get('batch_stats', {}),
+                                           {'ce': ce, **terms})
 
   (loss, (logits, batch_stats, terms)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(trainable)
-  metrics.update(terms, loss=loss, accuracy=accuracy(logits, labels))
-  return grads, batch_stats, metrics
+  return grads, batch_stats, {**terms, 'loss': loss, 'accuracy': accuracy(logits, labels)}
 
 
 def micro_batches(batch, count):
@@ -143,13 +154,22 @@ def train_step(state, teacher_variables, batch, rng, *, config, student, teacher
                                                  micro_batches(batch, accum))
     grads = jax.tree.map(lambda g: g / accum, grads)
     metrics = jax.tree.map(jnp.mean, metrics)
-  updates, opt_state = state.tx.update(grads, state.opt_state, trainable)
-  trainable = optax.apply_updates(trainable, updates)
-  new_state = state.replace(step=state.step + 1, params=trainable['student'],
-                            distiller_params=trainable['distiller'], batch_stats=batch_stats,
-                            opt_state=opt_state)
+  new_state = apply_gradients(state, grads, batch_stats)
   metrics.update(grad_norm=optax.tree.norm(grads), learning_rate=learning_rate_fn(state.step))
   return new_state, metrics
+
+
+def apply_gradients(state, grads, batch_stats, learning_rate_scale=None):
+  """The optimizer step. `learning_rate_scale` multiplies the update: a population
+  member's learning rate relative to the shared schedule (SGD's update is linear in it)."""
+  trainable = state.trainable()
+  updates, opt_state = state.tx.update(grads, state.opt_state, trainable)
+  if learning_rate_scale is not None:
+    updates = jax.tree.map(lambda u: u * learning_rate_scale, updates)
+  trainable = optax.apply_updates(trainable, updates)
+  return state.replace(step=state.step + 1, params=trainable['student'],
+                       distiller_params=trainable['distiller'], batch_stats=batch_stats,
+                       opt_state=opt_state)
 
 
 def eval_step(variables, batch, *, model, spec):

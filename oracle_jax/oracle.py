@@ -27,28 +27,37 @@ def _validate(gamma, steps, reference_batch_size):
     raise ValueError(f'reference_batch_size must be >= 1, got {reference_batch_size}.')
 
 
-def reinforce_and_logits(logits_fn: Callable, x, labels, *, gamma, steps: int = 1,
-                         reference_batch_size: int = 64):
-  """Returns `(x*, logits_fn(x))`: the first step's forward pass gives the teacher's
-  logits on x for free (one `jax.vjp`), which callers use for metrics.
+def input_gradient(logits_fn: Callable, x, labels, *, reference_batch_size: int = 64):
+  """`(∂CE_i/∂x / reference_batch_size per example, logits_fn(x))` from one `jax.vjp`.
 
   `logits_fn` must treat examples independently (an eval-mode network): the gradient of
   the summed CE is then the per-example gradient of each example's own CE.
   """
-  _validate(gamma, steps, reference_batch_size)
-
   def summed_ce(x_k):
     logits = logits_fn(x_k)
     ce = losses.cross_entropy(logits, labels) * labels.shape[0]
     return ce / reference_batch_size, logits
 
-  grad_fn = jax.grad(summed_ce, has_aux=True)
+  return jax.grad(summed_ce, has_aux=True)(x)
+
+
+def reinforce_update(x_k, grad, gamma):
+  """One oracle step in float32: x_k − γ · |x_k| ⊙ grad (γ may be an array that broadcasts)."""
+  return x_k - gamma * grad.astype(jnp.float32) * jnp.abs(x_k)
+
+
+def reinforce_and_logits(logits_fn: Callable, x, labels, *, gamma, steps: int = 1,
+                         reference_batch_size: int = 64):
+  """Returns `(x*, logits_fn(x))`: the first step's forward pass gives the teacher's
+  logits on x for free (one `jax.vjp`), which callers use for metrics."""
+  _validate(gamma, steps, reference_batch_size)
   x_k = jax.lax.stop_gradient(x).astype(jnp.float32)  # the update is always float32
   logits_x = None
   for _ in range(steps):
-    grad, logits = grad_fn(x_k.astype(x.dtype))
+    grad, logits = input_gradient(logits_fn, x_k.astype(x.dtype), labels,
+                                  reference_batch_size=reference_batch_size)
     logits_x = logits if logits_x is None else logits_x
-    x_k = x_k - gamma * grad.astype(jnp.float32) * jnp.abs(x_k)
+    x_k = reinforce_update(x_k, grad, gamma)
   return jax.lax.stop_gradient(x_k).astype(x.dtype), jax.lax.stop_gradient(logits_x)
 
 

@@ -6,12 +6,14 @@ baseline (same seed: same init, batches and augmentation).
 """
 import copy
 import csv
+import hashlib
 import io
 import logging
 
 import numpy as np
 
-from oracle_jax import fileio, parallel, train
+from oracle_jax import errors, fileio, parallel, train
+from oracle_jax import population as population_lib
 
 
 def variant(name):
@@ -20,26 +22,64 @@ def variant(name):
   return name[len('oracle_'):] if oracle else name, oracle
 
 
-def run_grid(config, workdir, names, seeds):
+POPULATION_MODES = ('auto', 'off')
+
+
+def variant_config(config, name, seed):
+  method, oracle = variant(name)
+  c = copy.deepcopy(config)
+  c.method, c.oracle.enabled, c.seed = method, oracle, seed
+  return c
+
+
+def run_grid(config, workdir, names, seeds, population='auto'):
   """Trains every (name, seed) in `workdir/<name>_seed<seed>` (each resumable); returns
-  `{name: [results per seed]}`. Seeds of one variant share one compilation."""
-  mesh, out = parallel.make_mesh(), {}
+  `{name: [results per seed]}`. `population='auto'` trains the variants that can share
+  one program (`population.compatibility_key`) as one vmapped population; 'off', and
+  variants that cannot, run one after another (seeds of one variant share a compilation).
+  Either way each run's results are its own."""
+  if population not in POPULATION_MODES:
+    raise errors.ConfigError(f'population must be one of {POPULATION_MODES}, got '
+                             f'{population!r}.')
+  workdir = fileio.path(workdir)
+  mesh = parallel.make_mesh()
   for name in names:
-    method, oracle = variant(name)
+    method, _ = variant(name)
     if method not in (config.method, 'scratch'):
       logging.warning(
           "Variant %r runs under this config's %s recipe (ce_weight %g, temperature %g); "
           'for its own recipe sweep a config built for it (e.g. configs/cifar.py:T,S,'
           'method=%s[,recipe=published]).', name, config.method, config.ce_weight,
           config.temperature, method)
-    compiled = None
-    for seed in seeds:
-      c = copy.deepcopy(config)
-      c.method, c.oracle.enabled, c.seed = method, oracle, seed
-      compiled = compiled or train.Run(c, mesh)
-      out.setdefault(name, []).append(
-          train.train_and_evaluate(c, fileio.path(workdir) / f'{name}_seed{seed}', run=compiled))
-  return out
+  runs = [(name, seed, variant_config(config, name, seed)) for name in names for seed in seeds]
+  results = {}
+  groups = {}
+  for name, seed, c in runs:
+    key = population_lib.compatibility_key(c) if (
+        population == 'auto' and population_lib.supported(c)) else (name, seed)
+    groups.setdefault(key, []).append((name, seed, c))
+  compiled = {}
+  for members in groups.values():
+    if len(members) > 1:
+      population_members = [population_lib.Member(f'{name}_seed{seed}', c,
+                                                  workdir / f'{name}_seed{seed}')
+                            for name, seed, c in members]
+      directory = workdir / 'populations' / population_name(population_members)
+      for (name, seed, _), r in zip(members, population_lib.train_population(
+          population_members, directory, mesh=mesh)):
+        results[name, seed] = r
+      continue
+    (name, seed, c), = members
+    compiled[name] = compiled.get(name) or train.Run(c, mesh)
+    results[name, seed] = train.train_and_evaluate(
+        c, workdir / f'{name}_seed{seed}', run=compiled[name])
+  return {name: [results[name, seed] for seed in seeds] for name in names}
+
+
+def population_name(members):
+  """A population's checkpoint directory name: stable for the same members."""
+  digest = hashlib.sha256('\n'.join(sorted(m.name for m in members)).encode()).hexdigest()
+  return f'{len(members)}_members_{digest[:10]}'
 
 
 def _mean_std(values):

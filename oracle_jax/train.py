@@ -73,7 +73,9 @@ class Run:
   def init_state(self, seed):
     x = np.zeros((1, *self.spec.image_shape), np.float32)
     student_key, distiller_key = jax.random.split(jax.random.key(seed))
-    variables = jax.jit(self.student.init)(student_key, x)
+    if not hasattr(self, '_init'):  # compiled once per Run: seeds and population members share it
+      self._init = jax.jit(self.student.init)  # pylint: disable=attribute-defined-outside-init
+    variables = self._init(student_key, x)
     distiller_params = {}
     if self.distiller is not None and self.distiller.needs_features:
       feats = lambda model, v: jax.eval_shape(

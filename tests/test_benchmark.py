@@ -75,3 +75,18 @@ def test_benchmark_rounds_against_torch(tmp_path):
   assert f"| {ours['ms_median']:.0f} |" in row
   (torch_row,) = [l for l in table.splitlines() if '| torch student |' in l]
   assert f"| {theirs['ms_median']:.0f} |" in torch_row
+
+
+def test_population_benchmark_reports_runs_per_hour():
+  cmd = [sys.executable, os.path.join(REPO, 'launch', 'benchmark.py'), 'population',
+         '--teacher=resnet8', '--student=resnet8', '--sizes=1,2', '--steps=1', '--warmup=1',
+         '--run_steps=10']
+  out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout
+  lines = [json.loads(l) for l in out.splitlines() if l.startswith('{')]
+  assert [(r['members'], r['distinct_batches']) for r in lines] == [(1, 1), (2, 1)]
+  for r in lines:
+    step_s = r['ms_population_step'] / 1e3
+    assert abs(r['runs_per_hour_population'] - 3600 * r['members'] / (step_s * 10)) < 0.1 * (
+        r['runs_per_hour_population'])
+    assert abs(r['speedup'] - r['ms_sequential_step'] * r['members'] / r['ms_population_step']
+               ) < 0.05 * r['speedup']

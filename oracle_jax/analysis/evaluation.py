@@ -24,11 +24,20 @@ def teacher_outputs(logits_fn, x, labels, gammas, *, steps, reference_batch_size
 
   Every input goes through the same mapped forward, so γ = 0 (x* = x bit for bit) gives
   exactly the scratch logits; `lax.map` also compiles each network pass once, not per γ.
+  With one oracle step every γ starts from the same input gradient, so it is computed
+  once (as a population shares it between members).
   """
-  x_stars = jax.lax.map(
-      lambda gamma: oracle.reinforce(logits_fn, x, labels, gamma=gamma, steps=steps,
-                                     reference_batch_size=reference_batch_size),
-      jnp.asarray(gammas, jnp.float32))
+  gammas = jnp.asarray(gammas, jnp.float32)
+  if steps == 1:
+    grad, _ = oracle.input_gradient(logits_fn, x, labels,
+                                    reference_batch_size=reference_batch_size)
+    x32 = x.astype(jnp.float32)
+    x_stars = jax.lax.map(
+        lambda gamma: oracle.reinforce_update(x32, grad, gamma).astype(x.dtype), gammas)
+  else:
+    x_stars = jax.lax.map(
+        lambda gamma: oracle.reinforce(logits_fn, x, labels, gamma=gamma, steps=steps,
+                                       reference_batch_size=reference_batch_size), gammas)
   return jax.lax.map(logits_fn, jnp.concatenate([x[None], x_stars]))
 
 

@@ -1,0 +1,464 @@
+"""Populations: P students of one teacher and one student architecture trained as one
+jitted program over a member axis (`jax.vmap`; on one CPU device `lax.map`, see
+`member_loop_for`).
+
+Small students are overhead-bound (a resnet8 step on the 8×8 digits is well under a
+GFLOP): run one after another, every run pays its own compile, dispatch, host loop,
+evaluation and teacher passes. A population pays them once.
+
+What may differ between members (passed as arrays, so one compiled program serves all):
+the seed (init, data order, augmentation), the method within the KD family (`kd` or
+`scratch` = α 0, CE weight 1), the oracle on/off and γ, α, CE weight, τ and the learning
+rate (as a scale of the shared schedule). Everything else — models, teacher, data,
+batch size, steps, schedule shape, optimizer — is shared (`compatibility_key`).
+
+Members that share a seed share a batch, and members that share a batch share the
+teacher's work: the teacher's input gradient and its logits on x are computed once per
+distinct batch, and the teacher's forward on x*_γ once per distinct (batch, γ). Each
+member then equals its sequential run (`train.train_and_evaluate`) to float32 rounding.
+
+Each member keeps its own workdir as a sequential run would (config.json, metrics.jsonl,
+TensorBoard, best/, teacher/ for scratch, results.json); the population's training
+checkpoints (the stacked state of all members) live in one directory of their own.
+"""
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from oracle_jax import checkpoints, conv, data, distill, distillers, errors, fileio, metrics_io
+from oracle_jax import models, oracle, parallel, patch_conv, preemption, train, validation
+from oracle_jax import workdirs
+
+# Settings a member may choose freely; every other config key must agree across members.
+MEMBER_KEYS = ('seed', 'method', 'oracle.enabled', 'oracle.gamma', 'alpha', 'ce_weight',
+               'temperature', 'optimizer.learning_rate', 'overwrite')
+METHODS = ('kd', 'scratch')
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  name: str      # how metrics, errors and logs name the member, e.g. 'oracle_kd_seed3'
+  config: object  # the member's whole config: the one its sequential run would use
+  workdir: str
+
+
+def compatibility_key(config):
+  """Configs with equal keys can train as one population (see the module docstring)."""
+  flat = json.loads(config.to_json_best_effort())
+  for key in MEMBER_KEYS:
+    *path, leaf = key.split('.')
+    node = flat
+    for p in path:
+      node = node[p]
+    node.pop(leaf, None)
+  return json.dumps(flat, sort_keys=True)
+
+
+def supported(config):
+  """Whether `config` can be a population member: a KD-family method, whole batches, one
+  process (a population's batches are stacked on one host)."""
+  return (config.method in METHODS and config.grad_accum_steps == 1
+          and jax.process_count() == 1)
+
+
+def _distilled(config):
+  return config.method != 'scratch'
+
+
+def _oracle(config):
+  return _distilled(config) and bool(config.oracle.enabled)
+
+
+def plan(configs, base_learning_rate=None):
+  """`(seeds, arrays)`: the distinct data seeds (batch d comes from `seeds[d]`) and the
+  arrays the step reads: each member's batch, teacher-logits row and scalars (the
+  learning rate relative to `base_learning_rate`, that of the shared schedule; default
+  the first member's), and the distinct (batch, γ) pairs whose x* the teacher sees."""
+  seeds = list(dict.fromkeys(int(c.seed) for c in configs))
+  signals, rows = [], []
+  for c in configs:
+    batch = seeds.index(int(c.seed))
+    if _oracle(c):
+      signal_ = (batch, float(c.oracle.gamma))
+      if signal_ not in signals:
+        signals.append(signal_)
+      rows.append(len(seeds) + signals.index(signal_))
+    else:
+      rows.append(batch)
+  base_lr = base_learning_rate or configs[0].optimizer.learning_rate
+  f32 = lambda values: np.asarray(values, np.float32)
+  arrays = dict(
+      batch=np.asarray([seeds.index(int(c.seed)) for c in configs], np.int32),
+      teacher_row=np.asarray(rows, np.int32),
+      oracle_batch=np.asarray([b for b, _ in signals], np.int32).reshape(-1),
+      oracle_gamma=f32([g for _, g in signals]).reshape(-1),
+      alpha=f32([c.alpha if _distilled(c) else 0.0 for c in configs]),
+      ce_weight=f32([c.ce_weight if _distilled(c) else 1.0 for c in configs]),
+      temperature=f32([c.temperature for c in configs]),
+      learning_rate_scale=f32([c.optimizer.learning_rate / base_lr for c in configs]))
+  return seeds, arrays
+
+
+# -------------------------------------------------------------------------------- step
+
+def teacher_logits(teacher, teacher_variables, x, labels, arrays, *, oracle_steps,
+                   reference_batch_size, member_loop='vmap'):
+  """`(table, logits on x)`: rows 0…D−1 of `table` are the teacher's logits on each
+  distinct batch x_d, rows D… its logits on x* of each distinct (batch, γ). The batches
+  go through the teacher as `member_loop` says (see `over_members`)."""
+  logits_fn = functools.partial(teacher.apply, teacher_variables, train=False)
+  each = lambda fn, *args: over_members(fn, member_loop, *args)
+  if arrays['oracle_gamma'].shape[0] == 0:
+    logits_x = each(logits_fn, x)
+    return logits_x, logits_x
+  gradient = functools.partial(oracle.input_gradient, logits_fn,
+                               reference_batch_size=reference_batch_size)
+  grads, logits_x = each(gradient, x, labels)  # one input gradient per distinct batch
+  which = arrays['oracle_batch']
+  gamma = arrays['oracle_gamma'].reshape(-1, *([1] * (x.ndim - 1)))
+  x_star, grad = x[which], grads[which]
+  for step in range(oracle_steps):
+    if step:  # later steps start from each γ's own iterate
+      grad, _ = each(gradient, x_star, labels[which])
+    x_star = oracle.reinforce_update(x_star, grad, gamma)
+  table = jnp.concatenate([logits_x, each(logits_fn, x_star)])
+  return jax.lax.stop_gradient((table, logits_x))
+
+
+def population_step(state, teacher_variables, batch, arrays, *, student, teacher, spec,
+                    learning_rate_fn, steps_per_epoch, oracle_steps, reference_batch_size,
+                    label_smoothing, member_loop='vmap'):
+  """One optimizer step of every member. `state`: TrainStates stacked on a leading
+  member axis [P]; `batch`: the distinct batches stacked, [D, B, …]; `arrays`: `plan`'s;
+  `member_loop`: see `over_members`. Returns the new state and metrics of shape [P]."""
+  x = data.normalize(batch['image'], spec)
+  labels = batch['label']
+  member_x, member_labels = x[arrays['batch']], labels[arrays['batch']]
+  metrics, member_teacher = {}, None
+  if teacher is not None:
+    table, logits_x = teacher_logits(teacher, teacher_variables, x, labels, arrays,
+                                     oracle_steps=oracle_steps,
+                                     reference_batch_size=reference_batch_size,
+                                     member_loop=member_loop)
+    member_teacher = table[arrays['teacher_row']]
+    by_member = jax.vmap(distill.accuracy)
+    metrics = {'teacher_accuracy': by_member(logits_x[arrays['batch']], member_labels),
+               'oracle_accuracy': by_member(member_teacher, member_labels)}
+
+  def member_step(state, x, labels, t_logits, alpha, ce_weight, temperature, lr_scale):
+    epoch = jnp.floor(state.step / steps_per_epoch) + 1
+    distiller = (distillers.KD(alpha=alpha, temperature=temperature)
+                 if teacher is not None else None)
+    grads, batch_stats, m = distill.student_gradients(
+        state.trainable(), state.batch_stats, x, labels, t_logits, None, epoch,
+        student=student, distiller=distiller, ce_weight=ce_weight,
+        label_smoothing=label_smoothing)
+    m.update(grad_norm=optax.tree.norm(grads),
+             learning_rate=learning_rate_fn(state.step) * lr_scale)
+    return distill.apply_gradients(state, grads, batch_stats, lr_scale), m
+
+  state, member_metrics = over_members(
+      member_step, member_loop, state, member_x, member_labels, member_teacher,
+      arrays['alpha'], arrays['ce_weight'], arrays['temperature'], arrays['learning_rate_scale'])
+  return state, {**metrics, **member_metrics}
+
+
+def over_members(fn, member_loop, *args):
+  """`fn` of each member's slice of `args` (leading axis): 'vmap' batches the members'
+  computations; 'map' (`lax.map`) runs them one after another inside the one program."""
+  if member_loop == 'map':
+    return jax.lax.map(lambda a: fn(*a), args)
+  return jax.vmap(fn)(*args)
+
+
+def member_loop_for(mesh):
+  """'map' on one CPU device, 'vmap' elsewhere. On CPU a vmapped student is no faster
+  than its members one by one (batched matrix products and grouped convolutions run
+  ~2x slower per member than single ones, benchmarks/README.md), while `lax.map` keeps
+  each member's own fast kernels and still pays dispatch, host loop and teacher once;
+  accelerators and several devices (members split over them) batch well."""
+  one_cpu = jax.default_backend() == 'cpu' and mesh.shape['member'] == 1
+  return 'map' if one_cpu else 'vmap'
+
+
+def member_metric_names(config, names):
+  """The metrics a member's sequential run logs, out of the population's `names`."""
+  drop = set()
+  if not _distilled(config):
+    drop |= {'kd', 'teacher_accuracy', 'oracle_accuracy'}
+  elif not _oracle(config):
+    drop.add('oracle_accuracy')
+  return [n for n in names if n not in drop]
+
+
+# ------------------------------------------------------------------------- devices, jit
+
+# Images up to this many pixels (the 8×8 digits; not 32×32 CIFAR) use `patch_conv` on CPU.
+PATCH_CONV_MAX_PIXELS = 16 * 16
+
+
+def member_model(model_config, config, spec, device_count):
+  """The student (or teacher) model of a population. On CPU with tiny images its
+  convolutions are `patch_conv`'s: XLA's CPU convolutions lose their fast paths over a
+  member axis (vmapped they become grouped convolutions, inside `lax.map` the stock ones
+  run up to 10x slower than alone), and at 8×8 patches × kernel is 1.4-2x faster than
+  them anyway (benchmarks/README.md). At CIFAR size the patch matrix costs more than it
+  saves, so larger images keep `config.conv_impl`'s. The parameters are the same."""
+  conv_impl, _ = conv.choose(config.conv_impl, device_count)
+  kwargs = train.model_kwargs(model_config, config.dtype, conv_impl)
+  if jax.default_backend() == 'cpu' and np.prod(spec.image_shape[:2]) <= PATCH_CONV_MAX_PIXELS:
+    kwargs['conv_impl'] = patch_conv.patch_conv
+  return models.create(model_config.model, spec.num_classes, **kwargs)
+
+
+def make_mesh(population_size, devices=None):
+  """A 2-D mesh (member × data): the population is split over as many devices as
+  divide it, and each member's batch over the rest."""
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  members = math.gcd(population_size, devices.size)
+  return Mesh(devices.reshape(members, devices.size // members), ('member', 'data'))
+
+
+def member_sharding(mesh):
+  return NamedSharding(mesh, P('member'))
+
+
+def jit_population_step(mesh, compiler_options=None, **kwargs):
+  """The population step jitted once: members sharded on `member`, each batch on `data`,
+  state donated."""
+  members, replicated = member_sharding(mesh), NamedSharding(mesh, P())
+  return jax.jit(functools.partial(population_step, **kwargs),
+                 in_shardings=(members, replicated, NamedSharding(mesh, P(None, 'data')),
+                               replicated),
+                 out_shardings=(members, members), donate_argnums=(0,),
+                 compiler_options=compiler_options or None)
+
+
+def jit_population_eval(mesh, compiler_options=None, member_loop='vmap', **kwargs):
+  """`(stacked variables, batch) -> sums [P]`: `distill.eval_step` of every member."""
+  def step(variables, batch):
+    return over_members(lambda v: distill.eval_step(v, batch, **kwargs), member_loop, variables)
+  return jax.jit(step, in_shardings=(member_sharding(mesh), NamedSharding(mesh, P('data'))),
+                 out_shardings=member_sharding(mesh), compiler_options=compiler_options or None)
+
+
+def stack(trees):
+  return jax.tree.map(lambda *leaves: np.stack(leaves), *trees)
+
+
+def unstack(tree, index):
+  return jax.tree.map(lambda leaf: leaf[index], tree)
+
+
+# -------------------------------------------------------------------------------- loop
+
+def check_members(members):
+  if not members:
+    raise errors.ConfigError('A population needs at least one member.')
+  names = [m.name for m in members]
+  if len(set(names)) != len(names):
+    raise errors.ConfigError(f'Population member names must be distinct, got {names}.')
+  for m in members:
+    if not supported(m.config):
+      raise errors.ConfigError(f'Member {m.name!r} (method {m.config.method!r}) cannot join a '
+                       f'population: methods {METHODS}, grad_accum_steps 1, one process.')
+  key = compatibility_key(members[0].config)
+  for m in members[1:]:
+    if compatibility_key(m.config) != key:
+      raise errors.ConfigError(f'Member {m.name!r} differs from {members[0].name!r} in more than '
+                       f'{", ".join(MEMBER_KEYS)}; it cannot share their program.')
+
+
+def evaluate(run, mesh, eval_step, variables, size):
+  """Per-member rates over the eval split (as `train.evaluate`, with a member axis)."""
+  batches = data.eval_iterator(run.spec, data_dir=run.data_dir,
+                               global_batch_size=run.config.eval_batch_size)
+  sharding = NamedSharding(mesh, P('data'))
+  totals = None
+  for batch in batches:
+    sums = eval_step(variables, jax.device_put(batch, sharding))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  counts = totals.pop('count')
+  return [{**{k.replace('correct_', '').replace('loss_sum', 'loss'): float(v[i]) / counts[i]
+              for k, v in totals.items()}, 'examples': int(counts[i])} for i in range(size)]
+
+
+def evaluate_teachers(members, run, teacher_variables):
+  """{member name: teacher top-1 on x and x*} as each member's sequential run reports it;
+  one evaluation per distinct (oracle, γ), not per member."""
+  out, cache = {}, {}
+  for m in members:
+    if not _distilled(m.config):
+      out[m.name] = {}
+      continue
+    key = (_oracle(m.config), float(m.config.oracle.gamma))
+    if key not in cache:
+      member_run = train.Run(m.config, run.mesh)
+      cache[key] = member_run.evaluate_teacher(teacher_variables)
+    out[m.name] = cache[key]
+  return out
+
+
+def train_population(members, directory, *, mesh=None):
+  """Trains `members` (a list of `Member`) as one population, resuming from the newest
+  checkpoint in `directory`; returns each member's results (as `train.train_and_evaluate`
+  returns them), in order, and writes each member's `results.json`."""
+  check_members(members)
+  configs = [m.config for m in members]
+  for c in configs:
+    validation.validate_config(c)
+  devices = list(mesh.devices.flat) if mesh is not None else jax.devices()
+  # The teacher, data and schedule come from a distilled member's config when one exists.
+  reference = next((c for c in configs if _distilled(c)), configs[0])
+  run, data_teacher = train.prepare(reference, mesh=parallel.make_mesh(devices))
+  pmesh = make_mesh(len(members), devices)
+  parallel.check_batch_size(reference.batch_size, Mesh(pmesh.devices[0], ('data',)))
+  member_dirs = [fileio.path(m.workdir) for m in members]
+  directory = fileio.path(directory)
+  with contextlib.ExitStack() as locks:  # only now: bad input writes nothing
+    for d in [directory, *member_dirs]:
+      locks.enter_context(workdirs.exclusive(d))
+    for c, d in zip(configs, member_dirs):
+      workdirs.prepare(c, d)
+    return _train(members, configs, reference, run, data_teacher, pmesh, devices,
+                  member_dirs, directory)
+
+
+def _train(members, configs, reference, run, data_teacher, pmesh, devices, member_dirs,
+           directory):
+  manager = checkpoints.TrainCheckpoints(directory / 'checkpoints', keep=reference.keep_checkpoints)
+
+  seeds, arrays = plan(configs, reference.optimizer.learning_rate)
+  state = jax.device_put(stack([run.init_state(c.seed) for c in configs]),
+                         member_sharding(pmesh))
+  state, meta = manager.restore_latest(state)
+  size = len(members)
+  best_top1 = meta.get('best_top1', [0.0] * size)
+  last_eval = meta.get('last_eval', [{}] * size)
+  train_loss = meta.get('train_loss', [float('nan')] * size)
+  start = int(state.step[0])
+  if start:
+    logging.warning('Resuming the population from step %d in %s', start, directory)
+
+  teacher_variables = parallel.replicate(data_teacher, pmesh) if run.teacher else {}
+  student = member_model(reference.student, reference, run.spec, len(devices))
+  teacher = (member_model(reference.teacher, reference, run.spec, len(devices))
+             if run.teacher else None)
+  train_step = jit_population_step(
+      pmesh, run.compiler_options, student=student, teacher=teacher, spec=run.spec,
+      learning_rate_fn=run.lr_fn, steps_per_epoch=run.steps_per_epoch,
+      oracle_steps=reference.oracle.steps,
+      reference_batch_size=reference.oracle.reference_batch_size,
+      label_smoothing=reference.label_smoothing, member_loop=member_loop_for(pmesh))
+  eval_step = jit_population_eval(pmesh, run.compiler_options, member_loop_for(pmesh),
+                                  model=student, spec=run.spec)
+  batch_sharding = NamedSharding(pmesh, P(None, 'data'))
+  arrays = parallel.replicate(arrays, pmesh)
+  writers = [metrics_io.MetricWriter(d, start, tensorboard=reference.tensorboard)
+             for d in member_dirs]
+  iterators = [data.train_iterator(run.spec, data_dir=run.data_dir,
+                                   global_batch_size=reference.batch_size, seed=seed,
+                                   start_step=start, train_examples=reference.train_examples)
+               for seed in seeds]
+  eval_every = int(round(reference.eval_every_epochs * run.steps_per_epoch))
+  pending = []
+  preemption_notice = preemption.Notice(start)
+  progress = metrics_io.Progress(run.total_steps, start, reference.batch_size * size,
+                                 enabled=jax.process_index() == 0)
+  every = lambda step, period: step == run.total_steps or (period > 0 and step % period == 0)
+
+  def flush():
+    nonlocal pending, train_loss
+    train_loss = _write_train(members, writers, pending, manager.latest_step(), train_loss)
+    pending = []
+
+  try:
+    for step in range(start + 1, run.total_steps + 1):
+      host = [next(it) for it in iterators]
+      if step == start + 1:
+        for b in host:
+          validation.check_batch(b, run.spec)
+      batch = jax.device_put({k: np.stack([b[k] for b in host]) for k in ('image', 'label')},
+                             batch_sharding)
+      state, metrics = train_step(state, teacher_variables, batch, arrays)
+      pending.append((step, metrics))
+      stop = preemption_notice.reached(step)
+      if every(step, reference.log_every_steps) or stop:
+        flush()
+        progress.update(step)
+      if every(step, eval_every):
+        last_eval = evaluate(run, pmesh, eval_step, state.variables(), size)
+        variables = None
+        for i, (m, writer) in enumerate(zip(members, writers)):
+          writer.write_eval(step, last_eval[i])
+          if last_eval[i]['top1'] > best_top1[i]:
+            best_top1[i] = last_eval[i]['top1']
+            variables = variables or jax.device_get(state.variables())
+            checkpoints.save_model(member_dirs[i] / 'best', unstack(variables, i), step=step,
+                                   **train._model_meta(m.config, run, top1=best_top1[i]))  # pylint: disable=protected-access
+      if every(step, reference.checkpoint_every_steps) or stop:
+        flush()  # a non-finite step is never checkpointed
+        manager.save(step, state, dict(best_top1=best_top1, last_eval=last_eval,
+                                       train_loss=train_loss))
+      if stop:
+        logging.warning('Preempted (SIGTERM): saved step %d, exiting; rerun the same command '
+                        'to resume.', step)
+        raise SystemExit(143)
+  finally:
+    preemption_notice.close()
+    progress.close()
+    manager.close()
+    for writer in writers:
+      writer.close()
+  return _finish(members, member_dirs, run, state, data_teacher, best_top1, last_eval, train_loss)
+
+
+def _write_train(members, writers, pending, last_good_step, train_loss):
+  """Each member's pending metrics to its own writer; a non-finite member stops the
+  population with its name."""
+  if not pending:
+    return train_loss
+  values = jax.device_get(pending)
+  losses = list(train_loss)
+  for i, (m, writer) in enumerate(zip(members, writers)):
+    names = member_metric_names(m.config, values[0][1])
+    member = [(step, {k: metrics[k][i] for k in names}) for step, metrics in values]
+    try:
+      losses[i] = writer.write_train(member, last_good_step)
+    except metrics_io.NonFiniteLossError as e:
+      raise metrics_io.NonFiniteLossError(f'Population member {m.name!r}: {e}') from None
+  return losses
+
+
+def _finish(members, member_dirs, run, state, teacher_variables, best_top1, last_eval, train_loss):
+  """Each member's final model (scratch members keep theirs as a teacher) and results."""
+  variables = jax.device_get(state.variables())
+  teachers = evaluate_teachers(members, run, teacher_variables) if run.teacher else {}
+  out = []
+  for i, (m, workdir) in enumerate(zip(members, member_dirs)):
+    c = m.config
+    if not _distilled(c):
+      checkpoints.save_model(workdir / 'teacher', unstack(variables, i), step=run.total_steps,
+                             **train._model_meta(c, run, top1=last_eval[i].get('top1')))  # pylint: disable=protected-access
+    teacher_eval = teachers.get(m.name, {})
+    results = dict(final_top1=last_eval[i].get('top1'), final_top5=last_eval[i].get('top5'),
+                   best_top1=best_top1[i], final_train_loss=train_loss[i], steps=run.total_steps,
+                   method=c.method, oracle=_oracle(c), dataset=c.dataset,
+                   student=c.student.model, seed=c.seed,
+                   teacher_top1=teacher_eval.get('teacher_top1'),
+                   oracle_top1=teacher_eval.get('oracle_top1'),
+                   **train.versus_reference(c.get('reference_top1'), best_top1[i]))
+    if jax.process_index() == 0:
+      fileio.write_json(workdir / 'results.json', results)
+    out.append(results)
+  return out
