@@ -81,18 +81,18 @@ def main(argv=None):
   args = parse_args(argv)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from oracle_jax import conv, data, distill, distillers, models, parallel, population, train  # pylint: disable=g-import-not-at-top
+  from oracle_jax import conv, data, distill, distillers, models, optim, parallel, population, train  # pylint: disable=g-import-not-at-top
 
   config = base_config(args)
   spec = data.dataset_spec(args.dataset)
   mesh = parallel.make_mesh(jax.devices()[:1])
-  kwargs = lambda m: train.model_kwargs(m, 'float32', 'auto', device_count=1)
+  conv_impl, options = conv.choose('auto', device_count=1)
+  kwargs = lambda m: train.model_kwargs(m, 'float32', conv_impl)
   student = models.create(args.student, spec.num_classes, **kwargs(config.student))
   teacher = models.create(args.teacher, spec.num_classes, **kwargs(config.teacher))
-  options = conv.compiler_options('auto', device_count=1)
   steps_per_epoch = 50000 / args.batch
-  lr_fn = train.learning_rate_fn(config, steps_per_epoch, args.run_steps)
-  tx = distill.make_optimizer(config, lr_fn)
+  lr_fn = optim.learning_rate_fn(config, steps_per_epoch, args.run_steps)
+  tx = optim.make_optimizer(config, lr_fn)
   x0 = np.zeros((1, *spec.image_shape), np.float32)
   teacher_variables = jax.jit(teacher.init)(jax.random.key(1), x0)
   init = jax.jit(student.init)

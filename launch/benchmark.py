@@ -253,7 +253,7 @@ def build_step(setup, kind, conv_name, options):
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from configs import common  # pylint: disable=g-import-not-at-top
-  from oracle_jax import distill, distillers, oracle, parallel  # pylint: disable=g-import-not-at-top
+  from oracle_jax import distill, distillers, optim, oracle, parallel  # pylint: disable=g-import-not-at-top
   args, mesh = setup.args, setup.mesh
   replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   student, teacher = setup.models(conv_name, with_teacher=kind != 'student')
@@ -277,7 +277,7 @@ def build_step(setup, kind, conv_name, options):
   config.oracle.gamma, config.temperature = args.gamma, args.T
   lr_fn = optax.constant_schedule(config.optimizer.learning_rate)
   init = jax.jit(student.init)(jax.random.key(args.seed), setup.x[:1])
-  state = distill.TrainState.create(init, distill.make_optimizer(config, lr_fn))
+  state = distill.TrainState.create(init, optim.make_optimizer(config, lr_fn))
   state = parallel.replicate(state, mesh)
   t_vars = setup.teacher_variables(teacher) if teacher is not None else {}
   state_sharding = jax.tree.map(lambda _: replicated, state)

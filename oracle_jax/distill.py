@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from oracle_jax import data, errors, losses, oracle, parallel
+from oracle_jax import data, losses, oracle, parallel
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -38,20 +38,6 @@ class TrainState(flax.struct.PyTreeNode):
   def trainable(self):
     """What the optimizer updates: the student and the distiller's own modules."""
     return {'student': self.params, 'distiller': self.distiller_params}
-
-
-OPTIMIZERS = ('sgd',)
-
-
-def make_optimizer(config, learning_rate_fn):
-  """PyTorch SGD: weight decay joins the gradient before momentum, on every parameter
-  (BN and biases included, as the official code), so it is chained first."""
-  opt = config.optimizer
-  if opt.name not in OPTIMIZERS:
-    raise errors.ConfigError(f'Unknown optimizer {opt.name!r}; supported: {OPTIMIZERS}.')
-  return optax.chain(optax.add_decayed_weights(opt.weight_decay),
-                     optax.sgd(learning_rate_fn, momentum=opt.momentum or None,
-                               nesterov=opt.nesterov))
 
 
 def teacher_signal(config, teacher, teacher_variables, x, labels, with_features):

@@ -11,31 +11,9 @@ import math
 
 import jax
 import numpy as np
-import optax
 
-from oracle_jax import checkpoints, conv, data, distill, distillers, errors, fileio, metrics_io
-from oracle_jax import models, parallel, preemption, teachers, validation, workdirs
-
-
-def learning_rate_fn(config, steps_per_epoch, total_steps):
-  """The official step schedule (×0.1 at given epochs) or cosine, with optional warm-up."""
-  opt, sched = config.optimizer, config.schedule
-  base = opt.learning_rate
-  if opt.base_batch_size:
-    base = base * config.batch_size / opt.base_batch_size
-  warmup = int(round(sched.warmup_epochs * steps_per_epoch))
-  if sched.name == 'step':
-    boundaries = {int(round(e * steps_per_epoch)): sched.decay_factor for e in sched.decay_epochs}
-    main = optax.piecewise_constant_schedule(base, boundaries)
-  elif sched.name == 'cosine':
-    main = optax.cosine_decay_schedule(base, max(1, total_steps - warmup))
-  else:
-    raise errors.ConfigError(f"Unknown schedule {sched.name!r}; use 'step' or 'cosine'.")
-  if not warmup:
-    return main
-  if sched.name == 'step':  # the step schedule counts epochs from the start of training
-    return lambda step: jax.numpy.where(step < warmup, base * step / warmup, main(step))
-  return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), main], [warmup])
+from oracle_jax import checkpoints, conv, data, distill, distillers, fileio, metrics_io, models
+from oracle_jax import optim, parallel, preemption, teachers, validation, workdirs
 
 
 def model_kwargs(model_config, dtype, conv_impl=None):
@@ -57,8 +35,8 @@ class Run:
     self.num_train = num_train
     self.steps_per_epoch = num_train / config.batch_size
     self.total_steps = config.train_steps or math.ceil(config.num_epochs * self.steps_per_epoch)
-    self.lr_fn = learning_rate_fn(config, self.steps_per_epoch, self.total_steps)
-    self.tx = distill.make_optimizer(config, self.lr_fn)
+    self.lr_fn = optim.learning_rate_fn(config, self.steps_per_epoch, self.total_steps)
+    self.tx = optim.make_optimizer(config, self.lr_fn)
     # The convolution and the XLA options that go with it depend on the mesh ('auto').
     conv_impl, self.compiler_options = conv.choose(config.conv_impl, mesh.size)
     options_of = functools.partial(model_kwargs, dtype=config.dtype, conv_impl=conv_impl)

@@ -13,7 +13,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from conftest import REFERENCE_DIR, state_dict_from
 
 from configs import common
-from oracle_jax import conv, data, distill, distillers, models, parallel, torch_import
+from oracle_jax import conv, data, distill, distillers, models, optim, parallel, torch_import
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')  # what flax.linen.Conv passes (as ConvDimensionNumbers)
 CASES = {  # name: (kernel, stride, padding) as the models use them (PyTorch padding)
@@ -222,7 +222,7 @@ def test_train_step_does_not_recompile():
   teacher = models.create('resnet8', 10, conv_impl=impl)
   lr_fn = optax.constant_schedule(0.05)
   state = distill.TrainState.create(_random_variables(student, (32, 32, 3), seed=0),
-                                    distill.make_optimizer(config, lr_fn))
+                                    optim.make_optimizer(config, lr_fn))
   mesh = parallel.make_mesh()
   state = parallel.replicate(state, mesh)
   t_vars = parallel.replicate(_random_variables(teacher, (32, 32, 3), seed=1), mesh)
@@ -266,7 +266,7 @@ def test_fast_path_reproduces_two_official_sgd_steps():
   t_vars = torch_import.convert_state_dict(state_dict_from(z, 'teacher/'), 'resnet32', 100)
   s_vars = torch_import.convert_state_dict(state_dict_from(z, 'student/'), 'resnet20', 100)
   lr_fn = lambda step: config.optimizer.learning_rate
-  state = distill.TrainState.create(s_vars, distill.make_optimizer(config, lr_fn))
+  state = distill.TrainState.create(s_vars, optim.make_optimizer(config, lr_fn))
   step = jax.jit(functools.partial(distill.train_step, config=config, student=student,
                                    teacher=teacher, spec=spec, learning_rate_fn=lr_fn,
                                    distiller=distillers.get(config)),

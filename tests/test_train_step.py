@@ -7,7 +7,7 @@ import pytest
 from conftest import state_dict_from
 
 from configs import common
-from oracle_jax import data, distill, distillers, models, torch_import
+from oracle_jax import data, distill, distillers, models, optim, torch_import
 
 
 def official_config():
@@ -26,7 +26,7 @@ def two_steps(reference):
   t_vars = torch_import.convert_state_dict(state_dict_from(z, 'teacher/'), reference['teacher'], classes)
   s_vars = torch_import.convert_state_dict(state_dict_from(z, 'student/'), reference['student'], classes)
   lr_fn = lambda step: config.optimizer.learning_rate
-  state = distill.TrainState.create(s_vars, distill.make_optimizer(config, lr_fn))
+  state = distill.TrainState.create(s_vars, optim.make_optimizer(config, lr_fn))
   step = jax.jit(functools.partial(distill.train_step, config=config, student=student,
                                    teacher=teacher, spec=spec, learning_rate_fn=lr_fn,
                                    distiller=distillers.get(config)))
