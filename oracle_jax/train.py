@@ -12,7 +12,7 @@ import math
 import jax
 import numpy as np
 
-from oracle_jax import checkpoints, conv, data, distill, distillers, fileio, metrics_io, models
+from oracle_jax import checkpoints, conv, data, fileio, methods, metrics_io, models, steps
 from oracle_jax import optim, parallel, preemption, teachers, validation, workdirs
 
 
@@ -46,7 +46,7 @@ class Run:
     if config.method != 'scratch':
       self.teacher = models.create(config.teacher.model, self.spec.num_classes,
                                    **options_of(config.teacher))
-      self.distiller = distillers.get(config)
+      self.distiller = methods.get(config)
 
   def init_state(self, seed):
     x = np.zeros((1, *self.spec.image_shape), np.float32)
@@ -61,26 +61,26 @@ class Run:
       teacher_shapes = jax.eval_shape(self.teacher.init, jax.random.key(0), x)
       distiller_params = self.distiller.init_modules(
           distiller_key, feats(self.student, variables), feats(self.teacher, teacher_shapes))
-    return distill.TrainState.create(variables, self.tx, distiller_params)
+    return steps.TrainState.create(variables, self.tx, distiller_params)
 
   def jitted(self, state):
     """(train_step, eval_step), compiled on first use and kept for this Run."""
     if not hasattr(self, '_steps'):
       sharding = jax.tree.map(lambda _: parallel.replicated(self.mesh), state)
-      train = distill.jit_train_step(
+      train = steps.jit_train_step(
           self.mesh, sharding, config=self.config, student=self.student, teacher=self.teacher,
           spec=self.spec, learning_rate_fn=self.lr_fn, distiller=self.distiller,
           steps_per_epoch=self.steps_per_epoch, compiler_options=self.compiler_options)
-      evaluate = distill.jit_eval_step(distill.eval_step, self.mesh, model=self.student,
-                                       spec=self.spec, compiler_options=self.compiler_options)
+      evaluate = steps.jit_eval_step(steps.eval_step, self.mesh, model=self.student,
+                                     spec=self.spec, compiler_options=self.compiler_options)
       self._steps = (train, evaluate)  # pylint: disable=attribute-defined-outside-init
     return self._steps
 
   def evaluate_teacher(self, teacher_variables):
     """The frozen teacher's top-1 on x and (oracle on) on x* over the eval split."""
-    step = distill.jit_eval_step(distill.teacher_eval_step, self.mesh, config=self.config,
-                                 teacher=self.teacher, spec=self.spec,
-                                 compiler_options=self.compiler_options)
+    step = steps.jit_eval_step(steps.teacher_eval_step, self.mesh, config=self.config,
+                               teacher=self.teacher, spec=self.spec,
+                               compiler_options=self.compiler_options)
     return evaluate(self, step, teacher_variables)
 
 

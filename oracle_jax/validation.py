@@ -4,10 +4,10 @@ import math
 import numbers
 import re
 
-from oracle_jax import conv, data, distillers, models, optim
+from oracle_jax import conv, data, methods, models, optim
 from oracle_jax.errors import ConfigError  # pylint: disable=unused-import  (callers catch it here)
 
-METHODS = ('scratch',) + distillers.METHODS  # scratch: supervised, no teacher
+METHODS = ('scratch',) + methods.METHODS  # scratch: supervised, no teacher
 DTYPES = ('float32', 'bfloat16')
 SCHEDULES = ('step', 'cosine')
 

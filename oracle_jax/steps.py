@@ -116,7 +116,7 @@ def micro_batches(batch, count):
 
 def train_step(state, teacher_variables, batch, rng, *, config, student, teacher, spec,
                learning_rate_fn, distiller=None, steps_per_epoch=1.0):
-  """One optimizer step. `distiller` (from `oracle_jax.distillers.get`) is None for
+  """One optimizer step. `distiller` (from `oracle_jax.methods.get`) is None for
   supervised training (`method='scratch'`). With `config.grad_accum_steps = k > 1` the
   gradient is the mean over k micro-batches (equal to the whole batch's, except that
   BatchNorm normalises each micro-batch with its own statistics)."""
