@@ -81,7 +81,7 @@ def main(argv=None):
   args = parse_args(argv)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from oracle_jax import conv, data, methods, models, optim, parallel, population, steps, train  # pylint: disable=g-import-not-at-top
+  from oracle_jax import conv, data, methods, models, optim, oracle, parallel, population, steps, train  # pylint: disable=g-import-not-at-top
 
   config = base_config(args)
   spec = data.dataset_spec(args.dataset)
@@ -105,7 +105,8 @@ def main(argv=None):
   seq_state = parallel.replicate(new_state(0), mesh)
   seq_step = steps.jit_train_step(
       mesh, jax.tree.map(lambda _: parallel.replicated(mesh), seq_state), options,
-      config=config, student=student, teacher=teacher, spec=spec, learning_rate_fn=lr_fn,
+      config=config, oracle_settings=oracle.Settings.from_config(config.oracle),
+      student=student, teacher=teacher, spec=spec, learning_rate_fn=lr_fn,
       distiller=methods.get(config),
       steps_per_epoch=steps_per_epoch)
   seq_batch = parallel.global_batch({k: v[0] for k, v in batches(1).items()}, mesh)

@@ -282,9 +282,11 @@ def build_step(setup, kind, conv_name, options):
   t_vars = setup.teacher_variables(teacher) if teacher is not None else {}
   state_sharding = jax.tree.map(lambda _: replicated, state)
   distiller = None if config.method == 'scratch' else methods.get(config)
-  jitted = steps.jit_train_step(mesh, state_sharding, config=config, student=student,
-                                teacher=teacher, spec=setup.spec, learning_rate_fn=lr_fn,
-                                distiller=distiller, compiler_options=options)
+  jitted = steps.jit_train_step(mesh, state_sharding, config=config,
+                                oracle_settings=oracle.Settings.from_config(config.oracle),
+                                student=student, teacher=teacher, spec=setup.spec,
+                                learning_rate_fn=lr_fn, distiller=distiller,
+                                compiler_options=options)
   rng = jax.device_put(jax.random.key(0), replicated)
   advance = lambda a, out: (out[0],) + a[1:]  # the state is donated: feed back the new one
   return jitted, (state, t_vars, setup.batch, rng), advance, 'train_step'

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from oracle_jax import checkpoints, conv, data, fileio, methods, metrics_io, models, steps
-from oracle_jax import optim, parallel, preemption, teachers, validation, workdirs
+from oracle_jax import optim, oracle, parallel, preemption, teachers, validation, workdirs
 
 
 def model_kwargs(model_config, dtype, conv_impl=None):
@@ -37,6 +37,7 @@ class Run:
     self.total_steps = config.train_steps or math.ceil(config.num_epochs * self.steps_per_epoch)
     self.lr_fn = optim.learning_rate_fn(config, self.steps_per_epoch, self.total_steps)
     self.tx = optim.make_optimizer(config, self.lr_fn)
+    self.oracle_settings = oracle.Settings.from_config(config.oracle)
     # The convolution and the XLA options that go with it depend on the mesh ('auto').
     conv_impl, self.compiler_options = conv.choose(config.conv_impl, mesh.size)
     options_of = functools.partial(model_kwargs, dtype=config.dtype, conv_impl=conv_impl)
@@ -68,8 +69,9 @@ class Run:
     if not hasattr(self, '_steps'):
       sharding = jax.tree.map(lambda _: parallel.replicated(self.mesh), state)
       train = steps.jit_train_step(
-          self.mesh, sharding, config=self.config, student=self.student, teacher=self.teacher,
-          spec=self.spec, learning_rate_fn=self.lr_fn, distiller=self.distiller,
+          self.mesh, sharding, config=self.config, oracle_settings=self.oracle_settings,
+          student=self.student, teacher=self.teacher, spec=self.spec,
+          learning_rate_fn=self.lr_fn, distiller=self.distiller,
           steps_per_epoch=self.steps_per_epoch, compiler_options=self.compiler_options)
       evaluate = steps.jit_eval_step(steps.eval_step, self.mesh, model=self.student,
                                      spec=self.spec, compiler_options=self.compiler_options)
@@ -78,8 +80,9 @@ class Run:
 
   def evaluate_teacher(self, teacher_variables):
     """The frozen teacher's top-1 on x and (oracle on) on x* over the eval split."""
-    step = steps.jit_eval_step(steps.teacher_eval_step, self.mesh, config=self.config,
-                               teacher=self.teacher, spec=self.spec,
+    step = steps.jit_eval_step(steps.teacher_eval_step, self.mesh,
+                               oracle_settings=self.oracle_settings, teacher=self.teacher,
+                               spec=self.spec,
                                compiler_options=self.compiler_options)
     return evaluate(self, step, teacher_variables)
 

@@ -13,7 +13,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from conftest import REFERENCE_DIR, state_dict_from
 
 from configs import common
-from oracle_jax import conv, data, methods, models, optim, parallel, steps, torch_import
+from oracle_jax import conv, data, methods, models, optim, oracle, parallel, steps
+from oracle_jax import torch_import
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')  # what flax.linen.Conv passes (as ConvDimensionNumbers)
 CASES = {  # name: (kernel, stride, padding) as the models use them (PyTorch padding)
@@ -227,7 +228,9 @@ def test_train_step_does_not_recompile():
   state = parallel.replicate(state, mesh)
   t_vars = parallel.replicate(_random_variables(teacher, (32, 32, 3), seed=1), mesh)
   step = steps.jit_train_step(mesh, jax.tree.map(lambda _: parallel.replicated(mesh), state),
-                              config=config, student=student, teacher=teacher, spec=spec,
+                              config=config,
+                              oracle_settings=oracle.Settings.from_config(config.oracle),
+                              student=student, teacher=teacher, spec=spec,
                               learning_rate_fn=lr_fn, distiller=methods.get(config),
                               compiler_options=conv.compiler_options('cpu', 'cpu'))
   rng = np.random.default_rng(0)
@@ -268,6 +271,7 @@ def test_fast_path_reproduces_two_official_sgd_steps():
   lr_fn = lambda step: config.optimizer.learning_rate
   state = steps.TrainState.create(s_vars, optim.make_optimizer(config, lr_fn))
   step = jax.jit(functools.partial(steps.train_step, config=config, student=student,
+                                   oracle_settings=oracle.Settings.from_config(config.oracle),
                                    teacher=teacher, spec=spec, learning_rate_fn=lr_fn,
                                    distiller=methods.get(config)),
                  compiler_options=conv.compiler_options('cpu', 'cpu'))

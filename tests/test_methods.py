@@ -17,7 +17,8 @@ def test_teacher_features_come_from_x_star():
   x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3))
   labels = jax.numpy.arange(8) % 10
   variables = teacher.init(jax.random.key(1), x)
-  logits, feats, metrics = steps.teacher_signal(config, teacher, variables, x, labels, True)
+  logits, feats, metrics = steps.teacher_signal(oracle.Settings.from_config(config.oracle),
+                                                teacher, variables, x, labels, True)
   logits_fn = functools.partial(teacher.apply, variables, train=False)
   x_star = oracle.reinforce(logits_fn, x, labels, gamma=config.oracle.gamma)
   want_logits, want_feats = teacher.apply(variables, x_star, return_features=True)

@@ -118,6 +118,7 @@ def test_gradient_accumulation_equals_one_big_batch_without_batchnorm(oracle_on)
     config.grad_accum_steps, config.oracle.enabled = accum, oracle_on
     tx = optim.make_optimizer(config, lambda _: 0.1)
     step = jax.jit(functools.partial(steps.train_step, config=config, student=student,
+                                     oracle_settings=oracle.Settings.from_config(config.oracle),
                                      teacher=teacher, spec=spec, learning_rate_fn=lambda _: 0.1,
                                      distiller=methods.get(config)))
     state = steps.TrainState.create(s_vars, tx)

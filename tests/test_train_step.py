@@ -7,7 +7,7 @@ import pytest
 from conftest import state_dict_from
 
 from configs import common
-from oracle_jax import data, methods, models, optim, steps, torch_import
+from oracle_jax import data, methods, models, optim, oracle, steps, torch_import
 
 
 def official_config():
@@ -28,6 +28,7 @@ def two_steps(reference):
   lr_fn = lambda step: config.optimizer.learning_rate
   state = steps.TrainState.create(s_vars, optim.make_optimizer(config, lr_fn))
   step = jax.jit(functools.partial(steps.train_step, config=config, student=student,
+                                   oracle_settings=oracle.Settings.from_config(config.oracle),
                                    teacher=teacher, spec=spec, learning_rate_fn=lr_fn,
                                    distiller=methods.get(config)))
   images, y = z['images_uint8'], z['y']
