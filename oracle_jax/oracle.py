@@ -99,8 +99,8 @@ def reinforce(logits_fn: Callable, x, labels, *, gamma, steps: int = 1,
 def make_reinforce(model, *, gamma, steps: int = 1, reference_batch_size: int = 64,
                    compiler_options=None):
   """A jitted `(variables, x, labels) -> x*` for a Flax classifier in eval mode.
-  `compiler_options`, e.g. `conv.compiler_options('auto')`, go to `jax.jit` (on one CPU
-  device they give convolutions to XLA's multi-threaded kernels)."""
+  `compiler_options`, e.g. the second half of `conv.choose('auto')`, go to `jax.jit` (on one
+  CPU device they give convolutions to XLA's multi-threaded kernels)."""
 
   @functools.partial(jax.jit, compiler_options=compiler_options or None)
   def apply(variables, x, labels):

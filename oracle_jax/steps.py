@@ -172,7 +172,7 @@ def eval_step(variables, batch, *, model, spec):
 
 def jit_train_step(mesh, state_sharding, compiler_options=None, **kwargs):
   """The train step jitted once: batch sharded on `data`, state replicated and donated.
-  `compiler_options`: XLA options for this program (`conv.compiler_options`)."""
+  `compiler_options`: XLA options for this program (the second half of `conv.choose`)."""
   batch = parallel.batch_sharding(mesh)
   replicated = parallel.replicated(mesh)
   return jax.jit(functools.partial(train_step, **kwargs),
