@@ -6,7 +6,7 @@
 
 One JSON line per P (and one for the sequential run), all timing the project's own code:
 the population step (`population.jit_population_step`, as `population.train_population`
-compiles it) and the sequential oracle-KD step (`distill.jit_train_step`, as
+compiles it) and the sequential oracle-KD step (`steps.jit_train_step`, as
 `train.train_and_evaluate` compiles it). Members come in (kd, oracle_kd) pairs sharing a
 seed, as a `kd,oracle_kd` sweep makes them: P members see ceil(P/2) distinct batches.
 Synthetic uint8 data of the dataset's shape and a randomly initialised teacher (speed
@@ -81,7 +81,7 @@ def main(argv=None):
   args = parse_args(argv)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from oracle_jax import conv, data, distill, distillers, models, parallel, population, train  # pylint: disable=g-import-not-at-top
+  from oracle_jax import conv, data, methods, models, optim, oracle, parallel, population, steps, train  # pylint: disable=g-import-not-at-top
 
   config = base_config(args)
   spec = data.dataset_spec(args.dataset)
@@ -91,22 +91,23 @@ def main(argv=None):
   student = models.create(args.student, spec.num_classes, **kwargs(config.student))
   teacher = models.create(args.teacher, spec.num_classes, **kwargs(config.teacher))
   steps_per_epoch = 50000 / args.batch
-  lr_fn = train.learning_rate_fn(config, steps_per_epoch, args.run_steps)
-  tx = distill.make_optimizer(config, lr_fn)
+  lr_fn = optim.learning_rate_fn(config, steps_per_epoch, args.run_steps)
+  tx = optim.make_optimizer(config, lr_fn)
   x0 = np.zeros((1, *spec.image_shape), np.float32)
   teacher_variables = jax.jit(teacher.init)(jax.random.key(1), x0)
   init = jax.jit(student.init)
-  new_state = lambda seed: distill.TrainState.create(init(jax.random.key(seed), x0), tx)
+  new_state = lambda seed: steps.TrainState.create(init(jax.random.key(seed), x0), tx)
   rng = np.random.default_rng(0)
   batches = lambda d: {'image': rng.integers(0, 256, (d, args.batch, *spec.image_shape), np.uint8),
                        'label': rng.integers(0, spec.num_classes, (d, args.batch)).astype(np.int32)}
 
   # The sequential oracle-KD step, as train.py compiles it.
   seq_state = parallel.replicate(new_state(0), mesh)
-  seq_step = distill.jit_train_step(
+  seq_step = steps.jit_train_step(
       mesh, jax.tree.map(lambda _: parallel.replicated(mesh), seq_state), options,
-      config=config, student=student, teacher=teacher, spec=spec, learning_rate_fn=lr_fn,
-      distiller=distillers.get(config),
+      config=config, oracle_settings=oracle.Settings.from_config(config.oracle),
+      student=student, teacher=teacher, spec=spec, learning_rate_fn=lr_fn,
+      distiller=methods.get(config),
       steps_per_epoch=steps_per_epoch)
   seq_batch = parallel.global_batch({k: v[0] for k, v in batches(1).items()}, mesh)
   state_box = [seq_state]

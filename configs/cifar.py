@@ -12,7 +12,7 @@ The argument is `teacher,student[,dataset][,method=M][,recipe=R]`: dataset `cifa
   resnet20/32/56/110 it is exactly the released student's run (`RELEASED`), with
   `reference_top1` = that run's best top-1; every other pair and CIFAR-10 keep the official
   code's defaults (common.py; the repository documents no other CIFAR-10 run), and the other
-  methods their defaults (distillers.py) with mdistiller's per-pair DKD β (`DKD_BETA`) and,
+  methods their defaults (methods.py) with mdistiller's per-pair DKD β (`DKD_BETA`) and,
   on a released pair, its γ.
 * `published`: the method as its authors ran it on CIFAR-100 (configs/published.py), the
   oracle off; `--config.oracle.enabled=True` adds it on top (γ from `RELEASED` where the

@@ -7,7 +7,7 @@ every parameter, batch 64, 240 epochs with lr ×0.1 at epochs 150/180/210, τ = 
 """
 import ml_collections
 
-from oracle_jax import distillers
+from oracle_jax import methods
 
 
 def base_config():
@@ -38,7 +38,7 @@ def base_config():
   c.alpha = 1.0
   c.ce_weight = 1.0
   c.label_smoothing = 0.0
-  c.distill = distillers.default_distill_config()  # FitNet/AT/DKD/SAD hyper-parameters
+  c.distill = methods.default_distill_config()  # FitNet/AT/DKD/SAD hyper-parameters
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'sgd'

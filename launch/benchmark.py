@@ -10,7 +10,7 @@
 after another.
 
 Kinds (each the real code from `oracle_jax`, never a copy):
-  student    the supervised student step (`method='scratch'`) of `distill.train_step`
+  student    the supervised student step (`method='scratch'`) of `steps.train_step`
   kd         plain KD: teacher forward on x + student CE+KD step
   oracle     oracle KD: `reinforce` through the teacher, its logits on x*, the student step
   forward    one eval-mode teacher forward (normalized float input)
@@ -19,7 +19,7 @@ Kinds (each the real code from `oracle_jax`, never a copy):
              in-memory random uint8 images with pad-4 crop + flip, prefetched, moved to the
              devices as the training loop does), in images/s
 
-Each step kind is jitted by `distill.jit_train_step` over a mesh of the first `--devices`
+Each step kind is jitted by `steps.jit_train_step` over a mesh of the first `--devices`
 devices (batch sharded on `data`, state replicated and donated, as `train.py` runs it),
 compiled ahead of time (`compile_s` = trace + lower + XLA compile), warmed up, then timed
 with `block_until_ready` after waiting for a quiet machine; steps during which other
@@ -253,7 +253,7 @@ def build_step(setup, kind, conv_name, options):
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from configs import common  # pylint: disable=g-import-not-at-top
-  from oracle_jax import distill, distillers, oracle, parallel  # pylint: disable=g-import-not-at-top
+  from oracle_jax import methods, optim, oracle, parallel, steps  # pylint: disable=g-import-not-at-top
   args, mesh = setup.args, setup.mesh
   replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   student, teacher = setup.models(conv_name, with_teacher=kind != 'student')
@@ -277,14 +277,16 @@ def build_step(setup, kind, conv_name, options):
   config.oracle.gamma, config.temperature = args.gamma, args.T
   lr_fn = optax.constant_schedule(config.optimizer.learning_rate)
   init = jax.jit(student.init)(jax.random.key(args.seed), setup.x[:1])
-  state = distill.TrainState.create(init, distill.make_optimizer(config, lr_fn))
+  state = steps.TrainState.create(init, optim.make_optimizer(config, lr_fn))
   state = parallel.replicate(state, mesh)
   t_vars = setup.teacher_variables(teacher) if teacher is not None else {}
   state_sharding = jax.tree.map(lambda _: replicated, state)
-  distiller = None if config.method == 'scratch' else distillers.get(config)
-  jitted = distill.jit_train_step(mesh, state_sharding, config=config, student=student,
-                                  teacher=teacher, spec=setup.spec, learning_rate_fn=lr_fn,
-                                  distiller=distiller, compiler_options=options)
+  distiller = None if config.method == 'scratch' else methods.get(config)
+  jitted = steps.jit_train_step(mesh, state_sharding, config=config,
+                                oracle_settings=oracle.Settings.from_config(config.oracle),
+                                student=student, teacher=teacher, spec=setup.spec,
+                                learning_rate_fn=lr_fn, distiller=distiller,
+                                compiler_options=options)
   rng = jax.device_put(jax.random.key(0), replicated)
   advance = lambda a, out: (out[0],) + a[1:]  # the state is donated: feed back the new one
   return jitted, (state, t_vars, setup.batch, rng), advance, 'train_step'

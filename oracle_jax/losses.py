@@ -2,7 +2,7 @@
 
 `kd_loss` is RepDistiller's / the official code's `DistillKL`: KL summed over classes,
 averaged over the batch, times τ². The baselines' losses (DKD, AT, FitNet) follow; their
-weights and the modules some of them train live in `oracle_jax.distillers`. Teacher
+weights and the modules some of them train live in `oracle_jax.methods`. Teacher
 arguments pass through `stop_gradient`: no gradient ever reaches the teacher or x*.
 """
 import jax

@@ -9,6 +9,7 @@ independent of the batch size, the device count and the other images in the batc
 batch 64 it equals the official x*. Each further step restarts from the previous iterate
 as a constant (the official `rec_num`). No gradient flows through x*.
 """
+import dataclasses
 import functools
 from typing import Callable
 
@@ -16,6 +17,20 @@ import jax
 import jax.numpy as jnp
 
 from oracle_jax import losses
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The oracle's settings for a compiled step, read once from `config.oracle`."""
+  enabled: bool
+  gamma: float
+  steps: int = 1
+  reference_batch_size: int = 64
+
+  @classmethod
+  def from_config(cls, oracle_config):
+    return cls(enabled=bool(oracle_config.enabled), gamma=oracle_config.gamma,
+               steps=oracle_config.steps, reference_batch_size=oracle_config.reference_batch_size)
 
 
 def _validate(gamma, steps, reference_batch_size):
@@ -84,8 +99,8 @@ def reinforce(logits_fn: Callable, x, labels, *, gamma, steps: int = 1,
 def make_reinforce(model, *, gamma, steps: int = 1, reference_batch_size: int = 64,
                    compiler_options=None):
   """A jitted `(variables, x, labels) -> x*` for a Flax classifier in eval mode.
-  `compiler_options`, e.g. `conv.compiler_options('auto')`, go to `jax.jit` (on one CPU
-  device they give convolutions to XLA's multi-threaded kernels)."""
+  `compiler_options`, e.g. the second half of `conv.choose('auto')`, go to `jax.jit` (on one
+  CPU device they give convolutions to XLA's multi-threaded kernels)."""
 
   @functools.partial(jax.jit, compiler_options=compiler_options or None)
   def apply(variables, x, labels):

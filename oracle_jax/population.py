@@ -34,7 +34,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from oracle_jax import checkpoints, conv, data, distill, distillers, errors, fileio, metrics_io
+from oracle_jax import checkpoints, conv, data, errors, fileio, methods, metrics_io, steps
 from oracle_jax import models, oracle, parallel, patch_conv, preemption, train, validation
 from oracle_jax import workdirs
 
@@ -150,21 +150,21 @@ def population_step(state, teacher_variables, batch, arrays, *, student, teacher
                                      reference_batch_size=reference_batch_size,
                                      member_loop=member_loop)
     member_teacher = table[arrays['teacher_row']]
-    by_member = jax.vmap(distill.accuracy)
+    by_member = jax.vmap(steps.accuracy)
     metrics = {'teacher_accuracy': by_member(logits_x[arrays['batch']], member_labels),
                'oracle_accuracy': by_member(member_teacher, member_labels)}
 
   def member_step(state, x, labels, t_logits, alpha, ce_weight, temperature, lr_scale):
     epoch = jnp.floor(state.step / steps_per_epoch) + 1
-    distiller = (distillers.KD(alpha=alpha, temperature=temperature)
+    distiller = (methods.KD(alpha=alpha, temperature=temperature)
                  if teacher is not None else None)
-    grads, batch_stats, m = distill.student_gradients(
+    grads, batch_stats, m = steps.student_gradients(
         state.trainable(), state.batch_stats, x, labels, t_logits, None, epoch,
         student=student, distiller=distiller, ce_weight=ce_weight,
         label_smoothing=label_smoothing)
     m.update(grad_norm=optax.tree.norm(grads),
              learning_rate=learning_rate_fn(state.step) * lr_scale)
-    return distill.apply_gradients(state, grads, batch_stats, lr_scale), m
+    return steps.apply_gradients(state, grads, batch_stats, lr_scale), m
 
   state, member_metrics = over_members(
       member_step, member_loop, state, member_x, member_labels, member_teacher,
@@ -244,9 +244,9 @@ def jit_population_step(mesh, compiler_options=None, **kwargs):
 
 
 def jit_population_eval(mesh, compiler_options=None, member_loop='vmap', **kwargs):
-  """`(stacked variables, batch) -> sums [P]`: `distill.eval_step` of every member."""
+  """`(stacked variables, batch) -> sums [P]`: `steps.eval_step` of every member."""
   def step(variables, batch):
-    return over_members(lambda v: distill.eval_step(v, batch, **kwargs), member_loop, variables)
+    return over_members(lambda v: steps.eval_step(v, batch, **kwargs), member_loop, variables)
   return jax.jit(step, in_shardings=(member_sharding(mesh), NamedSharding(mesh, P('data'))),
                  out_shardings=member_sharding(mesh), compiler_options=compiler_options or None)
 

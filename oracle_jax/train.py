@@ -11,31 +11,9 @@ import math
 
 import jax
 import numpy as np
-import optax
 
-from oracle_jax import checkpoints, conv, data, distill, distillers, errors, fileio, metrics_io
-from oracle_jax import models, parallel, preemption, teachers, validation, workdirs
-
-
-def learning_rate_fn(config, steps_per_epoch, total_steps):
-  """The official step schedule (×0.1 at given epochs) or cosine, with optional warm-up."""
-  opt, sched = config.optimizer, config.schedule
-  base = opt.learning_rate
-  if opt.base_batch_size:
-    base = base * config.batch_size / opt.base_batch_size
-  warmup = int(round(sched.warmup_epochs * steps_per_epoch))
-  if sched.name == 'step':
-    boundaries = {int(round(e * steps_per_epoch)): sched.decay_factor for e in sched.decay_epochs}
-    main = optax.piecewise_constant_schedule(base, boundaries)
-  elif sched.name == 'cosine':
-    main = optax.cosine_decay_schedule(base, max(1, total_steps - warmup))
-  else:
-    raise errors.ConfigError(f"Unknown schedule {sched.name!r}; use 'step' or 'cosine'.")
-  if not warmup:
-    return main
-  if sched.name == 'step':  # the step schedule counts epochs from the start of training
-    return lambda step: jax.numpy.where(step < warmup, base * step / warmup, main(step))
-  return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), main], [warmup])
+from oracle_jax import checkpoints, conv, data, fileio, methods, metrics_io, models, steps
+from oracle_jax import optim, oracle, parallel, preemption, teachers, validation, workdirs
 
 
 def model_kwargs(model_config, dtype, conv_impl=None):
@@ -57,8 +35,9 @@ class Run:
     self.num_train = num_train
     self.steps_per_epoch = num_train / config.batch_size
     self.total_steps = config.train_steps or math.ceil(config.num_epochs * self.steps_per_epoch)
-    self.lr_fn = learning_rate_fn(config, self.steps_per_epoch, self.total_steps)
-    self.tx = distill.make_optimizer(config, self.lr_fn)
+    self.lr_fn = optim.learning_rate_fn(config, self.steps_per_epoch, self.total_steps)
+    self.tx = optim.make_optimizer(config, self.lr_fn)
+    self.oracle_settings = oracle.Settings.from_config(config.oracle)
     # The convolution and the XLA options that go with it depend on the mesh ('auto').
     conv_impl, self.compiler_options = conv.choose(config.conv_impl, mesh.size)
     options_of = functools.partial(model_kwargs, dtype=config.dtype, conv_impl=conv_impl)
@@ -68,7 +47,7 @@ class Run:
     if config.method != 'scratch':
       self.teacher = models.create(config.teacher.model, self.spec.num_classes,
                                    **options_of(config.teacher))
-      self.distiller = distillers.get(config)
+      self.distiller = methods.get(config)
 
   def init_state(self, seed):
     x = np.zeros((1, *self.spec.image_shape), np.float32)
@@ -83,26 +62,28 @@ class Run:
       teacher_shapes = jax.eval_shape(self.teacher.init, jax.random.key(0), x)
       distiller_params = self.distiller.init_modules(
           distiller_key, feats(self.student, variables), feats(self.teacher, teacher_shapes))
-    return distill.TrainState.create(variables, self.tx, distiller_params)
+    return steps.TrainState.create(variables, self.tx, distiller_params)
 
   def jitted(self, state):
     """(train_step, eval_step), compiled on first use and kept for this Run."""
     if not hasattr(self, '_steps'):
       sharding = jax.tree.map(lambda _: parallel.replicated(self.mesh), state)
-      train = distill.jit_train_step(
-          self.mesh, sharding, config=self.config, student=self.student, teacher=self.teacher,
-          spec=self.spec, learning_rate_fn=self.lr_fn, distiller=self.distiller,
+      train = steps.jit_train_step(
+          self.mesh, sharding, config=self.config, oracle_settings=self.oracle_settings,
+          student=self.student, teacher=self.teacher, spec=self.spec,
+          learning_rate_fn=self.lr_fn, distiller=self.distiller,
           steps_per_epoch=self.steps_per_epoch, compiler_options=self.compiler_options)
-      evaluate = distill.jit_eval_step(distill.eval_step, self.mesh, model=self.student,
-                                       spec=self.spec, compiler_options=self.compiler_options)
+      evaluate = steps.jit_eval_step(steps.eval_step, self.mesh, model=self.student,
+                                     spec=self.spec, compiler_options=self.compiler_options)
       self._steps = (train, evaluate)  # pylint: disable=attribute-defined-outside-init
     return self._steps
 
   def evaluate_teacher(self, teacher_variables):
     """The frozen teacher's top-1 on x and (oracle on) on x* over the eval split."""
-    step = distill.jit_eval_step(distill.teacher_eval_step, self.mesh, config=self.config,
-                                 teacher=self.teacher, spec=self.spec,
-                                 compiler_options=self.compiler_options)
+    step = steps.jit_eval_step(steps.teacher_eval_step, self.mesh,
+                               oracle_settings=self.oracle_settings, teacher=self.teacher,
+                               spec=self.spec,
+                               compiler_options=self.compiler_options)
     return evaluate(self, step, teacher_variables)
 
 

@@ -4,10 +4,10 @@ import math
 import numbers
 import re
 
-from oracle_jax import conv, data, distill, distillers, models
+from oracle_jax import conv, data, methods, models, optim
 from oracle_jax.errors import ConfigError  # pylint: disable=unused-import  (callers catch it here)
 
-METHODS = ('scratch',) + distillers.METHODS  # scratch: supervised, no teacher
+METHODS = ('scratch',) + methods.METHODS  # scratch: supervised, no teacher
 DTYPES = ('float32', 'bfloat16')
 SCHEDULES = ('step', 'cosine')
 
@@ -99,8 +99,8 @@ def validate_config(config):
   _require(config.dtype in DTYPES, f'dtype must be one of {DTYPES}, got {config.dtype!r}.')
   _require(config.conv_impl in conv.NAMES,
            f'conv_impl must be one of {conv.NAMES}, got {config.conv_impl!r}.')
-  _require(config.optimizer.name in distill.OPTIMIZERS,
-           f'optimizer.name must be one of {distill.OPTIMIZERS}, got {config.optimizer.name!r}.')
+  _require(config.optimizer.name in optim.OPTIMIZERS,
+           f'optimizer.name must be one of {optim.OPTIMIZERS}, got {config.optimizer.name!r}.')
   _require(config.schedule.name in SCHEDULES,
            f'schedule.name must be one of {SCHEDULES}, got {config.schedule.name!r}.')
   _require(config.method == 'scratch' or config.teacher.checkpoint,

@@ -13,7 +13,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from conftest import REFERENCE_DIR, state_dict_from
 
 from configs import common
-from oracle_jax import conv, data, distill, distillers, models, parallel, torch_import
+from oracle_jax import conv, data, methods, models, optim, oracle, parallel, steps
+from oracle_jax import torch_import
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')  # what flax.linen.Conv passes (as ConvDimensionNumbers)
 CASES = {  # name: (kernel, stride, padding) as the models use them (PyTorch padding)
@@ -221,15 +222,17 @@ def test_train_step_does_not_recompile():
   student = models.create('resnet8', 10, conv_impl=impl)
   teacher = models.create('resnet8', 10, conv_impl=impl)
   lr_fn = optax.constant_schedule(0.05)
-  state = distill.TrainState.create(_random_variables(student, (32, 32, 3), seed=0),
-                                    distill.make_optimizer(config, lr_fn))
+  state = steps.TrainState.create(_random_variables(student, (32, 32, 3), seed=0),
+                                  optim.make_optimizer(config, lr_fn))
   mesh = parallel.make_mesh()
   state = parallel.replicate(state, mesh)
   t_vars = parallel.replicate(_random_variables(teacher, (32, 32, 3), seed=1), mesh)
-  step = distill.jit_train_step(mesh, jax.tree.map(lambda _: parallel.replicated(mesh), state),
-                                config=config, student=student, teacher=teacher, spec=spec,
-                                learning_rate_fn=lr_fn, distiller=distillers.get(config),
-                                compiler_options=conv.compiler_options('cpu', 'cpu'))
+  step = steps.jit_train_step(mesh, jax.tree.map(lambda _: parallel.replicated(mesh), state),
+                              config=config,
+                              oracle_settings=oracle.Settings.from_config(config.oracle),
+                              student=student, teacher=teacher, spec=spec,
+                              learning_rate_fn=lr_fn, distiller=methods.get(config),
+                              compiler_options=conv.compiler_options('cpu', 'cpu'))
   rng = np.random.default_rng(0)
   log = _CompileLog()
   logger = logging.getLogger('jax')
@@ -266,10 +269,11 @@ def test_fast_path_reproduces_two_official_sgd_steps():
   t_vars = torch_import.convert_state_dict(state_dict_from(z, 'teacher/'), 'resnet32', 100)
   s_vars = torch_import.convert_state_dict(state_dict_from(z, 'student/'), 'resnet20', 100)
   lr_fn = lambda step: config.optimizer.learning_rate
-  state = distill.TrainState.create(s_vars, distill.make_optimizer(config, lr_fn))
-  step = jax.jit(functools.partial(distill.train_step, config=config, student=student,
+  state = steps.TrainState.create(s_vars, optim.make_optimizer(config, lr_fn))
+  step = jax.jit(functools.partial(steps.train_step, config=config, student=student,
+                                   oracle_settings=oracle.Settings.from_config(config.oracle),
                                    teacher=teacher, spec=spec, learning_rate_fn=lr_fn,
-                                   distiller=distillers.get(config)),
+                                   distiller=methods.get(config)),
                  compiler_options=conv.compiler_options('cpu', 'cpu'))
   images, y = z['images_uint8'], z['y']
   batches = [{'image': images, 'label': y},

@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 from helpers import digits_config
 
 from configs import common
-from oracle_jax import data, distill, distillers, models, oracle, parallel, train
+from oracle_jax import data, methods, models, oracle, parallel, steps, train
 
 
 def test_teacher_features_come_from_x_star():
@@ -17,7 +17,8 @@ def test_teacher_features_come_from_x_star():
   x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3))
   labels = jax.numpy.arange(8) % 10
   variables = teacher.init(jax.random.key(1), x)
-  logits, feats, metrics = distill.teacher_signal(config, teacher, variables, x, labels, True)
+  logits, feats, metrics = steps.teacher_signal(oracle.Settings.from_config(config.oracle),
+                                                teacher, variables, x, labels, True)
   logits_fn = functools.partial(teacher.apply, variables, train=False)
   x_star = oracle.reinforce(logits_fn, x, labels, gamma=config.oracle.gamma)
   want_logits, want_feats = teacher.apply(variables, x_star, return_features=True)
@@ -54,7 +55,7 @@ def digits(digits_data_dir):
 
 
 @pytest.mark.parametrize('oracle_on', [False, True])
-@pytest.mark.parametrize('method', distillers.METHODS)
+@pytest.mark.parametrize('method', methods.METHODS)
 def test_every_method_trains_on_digits_eight_devices(digits, method, oracle_on):
   data_dir, batches, teacher_variables = digits
   config = digits_config(data_dir, method=method, **{'oracle.enabled': oracle_on,
@@ -78,7 +79,7 @@ def test_every_method_trains_on_digits_eight_devices(digits, method, oracle_on):
     assert any(jax.tree.leaves(moved))
 
 
-@pytest.mark.parametrize('method', distillers.METHODS)
+@pytest.mark.parametrize('method', methods.METHODS)
 def test_every_method_with_oracle_on_mock_cifar100(method, tmp_path):
   config = common.base_config()
   config.update(dict(method=method, data_dir=str(tmp_path), batch_size=8, eval_batch_size=8))

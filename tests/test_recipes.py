@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 
 from conftest import REFERENCE_DIR
 from configs import cifar
-from oracle_jax import checkpoints, distillers, models, train
+from oracle_jax import checkpoints, methods, models, train
 
 RELEASED = json.loads((REFERENCE_DIR / 'released_students.json').read_text())
 
@@ -104,7 +104,7 @@ def test_published_recipes_are_their_sources(method):
 def test_sad_distils_every_residual_block_as_the_official_code():
   """The official LAYER lists: resnet20 9 blocks, resnet56 27, resnet110 every second (27)."""
   c = cifar.get_config('resnet110,resnet56,method=sad,recipe=published')
-  sad = distillers.get(c)
+  sad = methods.get(c)
   assert (sad.features, sad.teacher_block_step, sad.student_block_step) == ('blocks', 2, 1)
   blocks = {'blocks': tuple(np.full((1, 1, 1, 1), i, np.float32) for i in range(1, 55))}
   assert [int(f[0, 0, 0, 0]) for f in sad._select(blocks, 2)] == list(range(2, 55, 2))
@@ -115,7 +115,7 @@ def test_sad_distils_every_residual_block_as_the_official_code():
     model = models.create(name, 100)
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
     return jax.eval_shape(lambda v: model.apply(v, x, return_features=True)[1], variables)
-  params = jax.eval_shape(lambda: distillers.get(c).init_modules(
+  params = jax.eval_shape(lambda: methods.get(c).init_modules(
       jax.random.key(0), features('resnet20'), features('resnet56')))
   assert (params['p_s'].shape, params['p_t'].shape) == ((9, 128), (27, 128))
 

@@ -104,7 +104,7 @@ class _LinearNet(flax.linen.Module):
 @pytest.mark.parametrize('oracle_on', [False, True])
 def test_gradient_accumulation_equals_one_big_batch_without_batchnorm(oracle_on):
   from configs import common  # pylint: disable=g-import-not-at-top
-  from oracle_jax import data, distill, distillers  # pylint: disable=g-import-not-at-top
+  from oracle_jax import data, methods, optim, steps  # pylint: disable=g-import-not-at-top
   spec = data.dataset_spec('digits')
   student, teacher = _LinearNet(10), _LinearNet(10)
   x = np.zeros((1, 8, 8, 1), np.float32)
@@ -116,11 +116,12 @@ def test_gradient_accumulation_equals_one_big_batch_without_batchnorm(oracle_on)
   for accum in (1, 4):
     config = common.base_config()
     config.grad_accum_steps, config.oracle.enabled = accum, oracle_on
-    tx = distill.make_optimizer(config, lambda _: 0.1)
-    step = jax.jit(functools.partial(distill.train_step, config=config, student=student,
+    tx = optim.make_optimizer(config, lambda _: 0.1)
+    step = jax.jit(functools.partial(steps.train_step, config=config, student=student,
+                                     oracle_settings=oracle.Settings.from_config(config.oracle),
                                      teacher=teacher, spec=spec, learning_rate_fn=lambda _: 0.1,
-                                     distiller=distillers.get(config)))
-    state = distill.TrainState.create(s_vars, tx)
+                                     distiller=methods.get(config)))
+    state = steps.TrainState.create(s_vars, tx)
     for _ in range(2):
       state, metrics = step(state, t_vars, batch, jax.random.key(0))
     out[accum] = (state.params, metrics['loss'])

@@ -7,7 +7,7 @@ import pytest
 from conftest import state_dict_from
 
 from configs import common
-from oracle_jax import data, distill, distillers, models, torch_import
+from oracle_jax import data, methods, models, optim, oracle, steps, torch_import
 
 
 def official_config():
@@ -26,10 +26,11 @@ def two_steps(reference):
   t_vars = torch_import.convert_state_dict(state_dict_from(z, 'teacher/'), reference['teacher'], classes)
   s_vars = torch_import.convert_state_dict(state_dict_from(z, 'student/'), reference['student'], classes)
   lr_fn = lambda step: config.optimizer.learning_rate
-  state = distill.TrainState.create(s_vars, distill.make_optimizer(config, lr_fn))
-  step = jax.jit(functools.partial(distill.train_step, config=config, student=student,
+  state = steps.TrainState.create(s_vars, optim.make_optimizer(config, lr_fn))
+  step = jax.jit(functools.partial(steps.train_step, config=config, student=student,
+                                   oracle_settings=oracle.Settings.from_config(config.oracle),
                                    teacher=teacher, spec=spec, learning_rate_fn=lr_fn,
-                                   distiller=distillers.get(config)))
+                                   distiller=methods.get(config)))
   images, y = z['images_uint8'], z['y']
   batch2 = {'image': images[:, :, ::-1], 'label': np.roll(y, 1)}
   np.testing.assert_array_equal(data.normalize(batch2['image'], spec), z['sgd2/x2_nhwc'])

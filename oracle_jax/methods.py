@@ -75,10 +75,7 @@ class BatchStatNorm(nn.Module):
   def __call__(self, x):
     scale = self.param('scale', nn.initializers.ones, (x.shape[-1],), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (x.shape[-1],), jnp.float32)
-    axes = tuple(range(x.ndim - 1))
-    mean = jnp.mean(x, axes)
-    var = jnp.mean(jnp.square(x - mean), axes)
-    return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+    return layers.batch_norm_train(x, scale, bias, self.epsilon)[0]
 
 
 class ConvRegressor(nn.Module):

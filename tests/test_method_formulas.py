@@ -1,7 +1,7 @@
 """The baseline distillers against independent NumPy computations of their formulas.
 
 Each reference below is written from the paper/reference-code formula (cited in
-`oracle_jax/distillers.py`), in float64, without calling the implementation.
+`oracle_jax/methods.py`), in float64, without calling the implementation.
 """
 import jax
 import jax.numpy as jnp
@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from oracle_jax import distillers, losses, models
+from oracle_jax import losses, methods, models
 
 RNG = np.random.default_rng(0)
 B, C = 6, 10
@@ -41,7 +41,7 @@ def relu_features(shapes, seed):
 
 def config(method):
   c = ml_collections.ConfigDict({'method': method, 'alpha': 1.0, 'temperature': 4.0})
-  c.distill = distillers.default_distill_config()
+  c.distill = methods.default_distill_config()
   return c
 
 
@@ -77,7 +77,7 @@ def test_kd_is_tau_squared_kl():
   np.testing.assert_allclose(losses.kd_loss(S_LOGITS, T_LOGITS, 4.0), 16 * kl4, rtol=1e-5)
   c = config('kd')
   c.alpha = 0.5
-  loss, terms = run(distillers.get(c), {}, None, None)
+  loss, terms = run(methods.get(c), {}, None, None)
   np.testing.assert_allclose(terms['kd'], np_kd(s, t, 4.0), rtol=1e-5)
   np.testing.assert_allclose(loss, 0.5 * np_kd(s, t, 4.0), rtol=1e-5)
 
@@ -131,7 +131,7 @@ def test_dkd_splits_target_from_non_target():
 
 
 def test_dkd_warmup_is_linear_in_the_one_based_epoch():
-  dkd = distillers.get(config('dkd'))
+  dkd = methods.get(config('dkd'))
   full = 1.0 * np.array(np_dkd_parts(S_LOGITS, T_LOGITS, LABELS, 4.0)) @ np.array([1.0, 8.0])
   step = jax.jit(lambda e: dkd.loss({}, S_LOGITS, None, T_LOGITS, None, LABELS, epoch=e))
   for epoch, factor in [(1, 1 / 20), (5, 0.25), (20, 1.0), (150, 1.0)]:
@@ -174,7 +174,7 @@ def test_at_distiller_sums_stages_times_1000():
   fs = relu_features([(8, 8, 3), (4, 4, 5), (2, 2, 6)], 5)
   ft = relu_features([(8, 8, 4), (4, 4, 7), (2, 2, 9)], 6)
   want = sum(np.mean((np_attention(fs[k]) - np_attention(ft[k]))**2) for k in fs)
-  loss, terms = run(distillers.get(config('at')), {}, fs, ft)
+  loss, terms = run(methods.get(config('at')), {}, fs, ft)
   np.testing.assert_allclose(terms['at'], want, rtol=1e-5)
   np.testing.assert_allclose(loss, 1000 * want, rtol=1e-5)
 
@@ -206,7 +206,7 @@ def test_hint_loss_is_mse():
 @pytest.mark.parametrize('s_hw,t_hw,kernel', [(8, 8, (1, 1)), (8, 4, (3, 3)), (4, 8, (4, 4)),
                                               (7, 4, (4, 4))])
 def test_regressor_follows_convreg_cases(s_hw, t_hw, kernel):
-  m, x = distillers.ConvRegressor(5, (t_hw, t_hw)), jnp.zeros((2, s_hw, s_hw, 3))
+  m, x = methods.ConvRegressor(5, (t_hw, t_hw)), jnp.zeros((2, s_hw, s_hw, 3))
   variables = jax.eval_shape(m.init, jax.random.key(0), x)
   assert set(variables) == {'params'}  # batch statistics only: no running stats to carry
   assert variables['params']['conv']['kernel'].shape == (*kernel, 3, 5)
@@ -215,14 +215,14 @@ def test_regressor_follows_convreg_cases(s_hw, t_hw, kernel):
 
 def test_regressor_rejects_what_convreg_rejects():
   with pytest.raises(ValueError, match='ConvReg'):
-    jax.eval_shape(distillers.ConvRegressor(5, (8, 8)).init, jax.random.key(0),
+    jax.eval_shape(methods.ConvRegressor(5, (8, 8)).init, jax.random.key(0),
                    jnp.zeros((2, 3, 3, 3)))
 
 
 def test_fitnet_distiller_matches_numpy():
   fs = relu_features([(8, 8, 3), (4, 4, 5), (2, 2, 6)], 7)
   ft = relu_features([(8, 8, 4), (4, 4, 7), (2, 2, 9)], 8)
-  fitnet = distillers.get(config('fitnet'))
+  fitnet = methods.get(config('fitnet'))
   params = random_params(fitnet, fs, ft)
   loss, terms = run(fitnet, params, fs, ft)
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
@@ -279,7 +279,7 @@ def test_sad_matches_numpy():
   ft = relu_features([(8, 8, 4), (4, 4, 7)], 10)  # T ≠ S exercises the [B, S, T, qk] layout
   c = config('sad')
   c.distill.sad_qk_dim = 6
-  sad = distillers.get(c)
+  sad = methods.get(c)
   params = random_params(sad, fs, ft)
   assert params['bilinear']['linear']['kernel'].shape == (6, 6 * 2)
   assert params['p_t'].shape == (2, 6) and params['p_s'].shape == (3, 6)
@@ -297,9 +297,9 @@ S_FEATS = relu_features([(8, 8, 3), (4, 4, 5), (2, 2, 6)], 11)
 T_FEATS = relu_features([(8, 8, 4), (4, 4, 7), (2, 2, 9)], 12)
 
 
-@pytest.mark.parametrize('method', distillers.METHODS)
+@pytest.mark.parametrize('method', methods.METHODS)
 def test_gradients_reach_student_and_modules_never_teacher(method):
-  d = distillers.get(config(method))
+  d = methods.get(config(method))
   params = random_params(d, S_FEATS, T_FEATS)
 
   def loss(params, s_logits, s_feats, t_logits, t_feats):
@@ -325,15 +325,15 @@ def test_gradients_reach_student_and_modules_never_teacher(method):
 
 
 def test_get_reads_config_and_rejects_unknown_methods():
-  d = distillers.default_distill_config()
+  d = methods.default_distill_config()
   assert (d.fitnet_stage, d.fitnet_weight, d.at_beta, d.at_p) == ('stage2', 100.0, 1000.0, 2.0)
   assert (d.dkd_alpha, d.dkd_beta, d.dkd_temperature, d.dkd_warmup_epochs) == (1, 8, 4, 20)
   assert (d.sad_beta, d.sad_qk_dim, d.sad_kd_weight) == (200.0, 128, 0.9)
-  assert not distillers.get(config('kd')).needs_features
-  assert not distillers.get(config('dkd')).needs_features
-  assert all(distillers.get(config(m)).needs_features for m in ('fitnet', 'at', 'sad'))
+  assert not methods.get(config('kd')).needs_features
+  assert not methods.get(config('dkd')).needs_features
+  assert all(methods.get(config(m)).needs_features for m in ('fitnet', 'at', 'sad'))
   with pytest.raises(ValueError, match='Unknown distillation method'):
-    distillers.get(config('crd'))
+    methods.get(config('crd'))
 
 
 def test_every_method_on_the_models_features_dicts():
@@ -350,8 +350,8 @@ def test_every_method_on_the_models_features_dicts():
   s_feats, t_feats = (jax.tree.map(lambda v: np.maximum(r.normal(size=v.shape), 0).astype(
       np.float32), shapes[role]) for role in ('student', 'teacher'))
   y = LABELS[:4]
-  for method in distillers.METHODS:
-    d = distillers.get(config(method))
+  for method in methods.METHODS:
+    d = methods.get(config(method))
     params = jax.jit(lambda k, d=d: d.init_modules(k, shapes['student'], shapes['teacher']))(
         jax.random.key(3))
     loss_fn = lambda p, s_l, s_f, d=d: d.loss(p, s_l, s_f, T_LOGITS[:4], t_feats, y, epoch=1)[0]

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from oracle_jax import data, errors, losses, oracle, parallel
+from oracle_jax import data, losses, oracle, parallel
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -40,21 +40,7 @@ class TrainState(flax.struct.PyTreeNode):
     return {'student': self.params, 'distiller': self.distiller_params}
 
 
-OPTIMIZERS = ('sgd',)
-
-
-def make_optimizer(config, learning_rate_fn):
-  """PyTorch SGD: weight decay joins the gradient before momentum, on every parameter
-  (BN and biases included, as the official code), so it is chained first."""
-  opt = config.optimizer
-  if opt.name not in OPTIMIZERS:
-    raise errors.ConfigError(f'Unknown optimizer {opt.name!r}; supported: {OPTIMIZERS}.')
-  return optax.chain(optax.add_decayed_weights(opt.weight_decay),
-                     optax.sgd(learning_rate_fn, momentum=opt.momentum or None,
-                               nesterov=opt.nesterov))
-
-
-def teacher_signal(config, teacher, teacher_variables, x, labels, with_features):
+def teacher_signal(oracle_settings, teacher, teacher_variables, x, labels, with_features):
   """Teacher logits (and features) on x* (oracle on) or x, plus accuracy metrics.
 
   With the oracle on, every teacher signal — logits and features — comes from one
@@ -62,15 +48,15 @@ def teacher_signal(config, teacher, teacher_variables, x, labels, with_features)
   """
   logits_fn = functools.partial(teacher.apply, teacher_variables, train=False)
   teacher_input, metrics = x, {}
-  if config.oracle.enabled:
+  if oracle_settings.enabled:
     teacher_input, logits_x = oracle.reinforce_and_logits(
-        logits_fn, x, labels, gamma=config.oracle.gamma, steps=config.oracle.steps,
-        reference_batch_size=config.oracle.reference_batch_size)
+        logits_fn, x, labels, gamma=oracle_settings.gamma, steps=oracle_settings.steps,
+        reference_batch_size=oracle_settings.reference_batch_size)
     metrics['teacher_accuracy'] = accuracy(logits_x, labels)
   out = logits_fn(teacher_input, return_features=with_features)
   logits, feats = out if with_features else (out, None)
   logits, feats = jax.lax.stop_gradient((logits, feats))
-  metrics['oracle_accuracy' if config.oracle.enabled else 'teacher_accuracy'] = accuracy(
+  metrics['oracle_accuracy' if oracle_settings.enabled else 'teacher_accuracy'] = accuracy(
       logits, labels)
   return logits, feats, metrics
 
@@ -79,8 +65,8 @@ def accuracy(logits, labels):
   return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def gradients(trainable, batch_stats, teacher_variables, batch, epoch, *, config, student,
-              teacher, spec, distiller):
+def gradients(trainable, batch_stats, teacher_variables, batch, epoch, *, config,
+              oracle_settings, student, teacher, spec, distiller):
   """Loss gradients of one (micro-)batch: `(grads, new batch_stats, metrics)`."""
   # x stays float32: the models cast to config.dtype inside, so the oracle update x* is
   # formed in float32 while the teacher's forward and input gradient run in bf16.
@@ -89,8 +75,8 @@ def gradients(trainable, batch_stats, teacher_variables, batch, epoch, *, config
   metrics = {}
   t_logits = t_feats = None
   if distiller is not None:
-    t_logits, t_feats, metrics = teacher_signal(config, teacher, teacher_variables, x, labels,
-                                                distiller.needs_features)
+    t_logits, t_feats, metrics = teacher_signal(oracle_settings, teacher, teacher_variables, x,
+                                                labels, distiller.needs_features)
   grads, batch_stats, terms = student_gradients(
       trainable, batch_stats, x, labels, t_logits, t_feats, epoch, student=student,
       distiller=distiller, ce_weight=config.ce_weight, label_smoothing=config.label_smoothing)
@@ -128,17 +114,18 @@ def micro_batches(batch, count):
                       batch)
 
 
-def train_step(state, teacher_variables, batch, rng, *, config, student, teacher, spec,
-               learning_rate_fn, distiller=None, steps_per_epoch=1.0):
-  """One optimizer step. `distiller` (from `oracle_jax.distillers.get`) is None for
-  supervised training (`method='scratch'`). With `config.grad_accum_steps = k > 1` the
+def train_step(state, teacher_variables, batch, rng, *, config, oracle_settings, student,
+               teacher, spec, learning_rate_fn, distiller=None, steps_per_epoch=1.0):
+  """One optimizer step. `distiller` (from `oracle_jax.methods.get`) is None for
+  supervised training (`method='scratch'`); `oracle_settings` (`oracle.Settings`) says
+  whether and how its teacher signals come from x*. With `config.grad_accum_steps = k > 1` the
   gradient is the mean over k micro-batches (equal to the whole batch's, except that
   BatchNorm normalises each micro-batch with its own statistics)."""
   del rng  # The bundled models are deterministic; kept for models with dropout.
   epoch = jnp.floor(state.step / steps_per_epoch) + 1  # from 1, as mdistiller's DKD warm-up
   grad_fn = functools.partial(gradients, teacher_variables=teacher_variables, epoch=epoch,
-                              config=config, student=student, teacher=teacher, spec=spec,
-                              distiller=distiller)
+                              config=config, oracle_settings=oracle_settings, student=student,
+                              teacher=teacher, spec=spec, distiller=distiller)
   trainable = state.trainable()
   accum = config.get('grad_accum_steps', 1)
   if accum == 1:
@@ -185,7 +172,7 @@ def eval_step(variables, batch, *, model, spec):
 
 def jit_train_step(mesh, state_sharding, compiler_options=None, **kwargs):
   """The train step jitted once: batch sharded on `data`, state replicated and donated.
-  `compiler_options`: XLA options for this program (`conv.compiler_options`)."""
+  `compiler_options`: XLA options for this program (the second half of `conv.choose`)."""
   batch = parallel.batch_sharding(mesh)
   replicated = parallel.replicated(mesh)
   return jax.jit(functools.partial(train_step, **kwargs),
@@ -194,16 +181,16 @@ def jit_train_step(mesh, state_sharding, compiler_options=None, **kwargs):
                  compiler_options=compiler_options or None)
 
 
-def teacher_eval_step(teacher_variables, batch, *, config, teacher, spec):
+def teacher_eval_step(teacher_variables, batch, *, oracle_settings, teacher, spec):
   """Correct counts of the teacher on x and, with the oracle on, on x* (Table 1)."""
   x, labels, mask = data.normalize(batch['image'], spec), batch['label'], batch['mask']
   logits_fn = functools.partial(teacher.apply, teacher_variables, train=False)
   correct = lambda logits: jnp.sum((jnp.argmax(logits, -1) == labels) & mask)
-  if not config.oracle.enabled:
+  if not oracle_settings.enabled:
     return {'correct_teacher_top1': correct(logits_fn(x)), 'count': jnp.sum(mask)}
   x_star, logits_x = oracle.reinforce_and_logits(
-      logits_fn, x, labels, gamma=config.oracle.gamma, steps=config.oracle.steps,
-      reference_batch_size=config.oracle.reference_batch_size)
+      logits_fn, x, labels, gamma=oracle_settings.gamma, steps=oracle_settings.steps,
+      reference_batch_size=oracle_settings.reference_batch_size)
   return {'correct_teacher_top1': correct(logits_x), 'correct_oracle_top1': correct(logits_fn(x_star)),
           'count': jnp.sum(mask)}
 
