@@ -77,4 +77,10 @@ def base_config():
   # results.json then shows it next to ours with the difference. 0 = none.
   c.reference_top1 = 0.0
   c.overwrite = False                   # allow a workdir holding a run of another config
+  # The offline default (oracle_jax/demo.py), switched on by configs/default.py: a teacher
+  # trained for demo_teacher_steps (unless teacher.checkpoint names one), its analysis, then
+  # scratch / KD / oracle-KD students over demo_seeds as one population.
+  c.demo = False
+  c.demo_seeds = (0, 1, 2, 3, 4)
+  c.demo_teacher_steps = 400
   return c

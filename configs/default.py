@@ -23,7 +23,5 @@ def get_config():
   c.log_every_steps = 50
   c.checkpoint_every_steps = 0
   c.oracle.gamma = 5.0                   # where the digits teacher's oracle accuracy peaks
-  c.demo = True
-  c.demo_seeds = (0, 1, 2, 3, 4)
-  c.demo_teacher_steps = 400
+  c.demo = True                          # seeds and teacher steps: common.py
   return c

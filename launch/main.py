@@ -42,7 +42,7 @@ def main(argv):
   if FLAGS.dry_run:
     run, _ = train.prepare(config)
     print(json.dumps(train.plan(config, run), indent=2))
-  elif config.get('demo'):
+  elif config.demo:
     from oracle_jax import demo  # pylint: disable=g-import-not-at-top
     demo.run(config, workdir)
   else:
