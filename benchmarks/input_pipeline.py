@@ -28,17 +28,9 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from oracle_jax import data, parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 from oracle_jax.data import fake_imagenet, imagenet, sources  # pylint: disable=g-import-not-at-top,wrong-import-position
+from launch.benchmark import cpu_jiffies  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _HZ = os.sysconf('SC_CLK_TCK')
-
-
-def cpu_jiffies():
-  """(busy jiffies of the whole machine, user+system jiffies of this process)."""
-  with open('/proc/stat') as f:
-    v = [int(t) for t in f.readline().split()[1:9]]
-  with open('/proc/self/stat') as f:
-    s = f.read().rsplit(')', 1)[1].split()
-  return sum(v) - v[3] - v[4], int(s[11]) + int(s[12])
 
 
 def timed(batches, count, warmup):

@@ -47,7 +47,7 @@ class Teacher:
 
 def _official(dataset, arch, file, reference_top1, sha256, size):
   """A teacher of the official oracle-KD release, pinned to commit 4c1143a
-  (`../shared/reference/official_teachers.json`; top-1 = best of the logged 200 epochs)."""
+  (`tests/data/reference/official_teachers.json`; top-1 = best of the logged 200 epochs)."""
   url = ('https://github.com/myunghakLee/Distillation-for-High-Quality-Knowledge-Extraction/'
          f'raw/4c1143afe4cabeb595b6e960ff69cd132c91917f/teacher_models/{dataset.upper()}/'
          f'{arch}/{file}')
