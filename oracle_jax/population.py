@@ -411,9 +411,7 @@ def _train(members, configs, reference, run, data_teacher, pmesh, devices, membe
         manager.save(step, state, dict(best_top1=best_top1, last_eval=last_eval,
                                        train_loss=train_loss))
       if stop:
-        logging.warning('Preempted (SIGTERM): saved step %d, exiting; rerun the same command '
-                        'to resume.', step)
-        raise SystemExit(143)
+        preemption.exit_saved(step)
   finally:
     preemption_notice.close()
     progress.close()

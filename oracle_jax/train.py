@@ -209,9 +209,7 @@ def _train_and_evaluate(config, workdir, run, teacher_variables):
         manager.save(step, state, dict(best_top1=best_top1, last_eval=last_eval,
                                        train_loss=train_loss))
       if stop:
-        logging.warning('Preempted (SIGTERM): saved step %d, exiting; rerun the same command '
-                        'to resume.', step)
-        raise SystemExit(143)
+        preemption.exit_saved(step)
   finally:  # on any exit, finish the saves in flight: the last good checkpoint survives
     preemption_notice.close()
     progress.close()
