@@ -16,6 +16,7 @@ per hour over sequential runs per hour; steps are timed after warm-up, median of
 `--steps`, population and sequential steps interleaved so load drifts hit both alike.
 """
 import argparse
+import functools
 import copy
 import json
 import os
@@ -86,7 +87,7 @@ def main(argv=None):
   config = base_config(args)
   spec = data.dataset_spec(args.dataset)
   mesh = parallel.make_mesh(jax.devices()[:1])
-  conv_impl, options = conv.choose('auto', device_count=1)
+  conv_impl, options = conv.choose('auto', device_count=1, image_shape=spec.image_shape)
   kwargs = lambda m: train.model_kwargs(m, 'float32', conv_impl)
   student = models.create(args.student, spec.num_classes, **kwargs(config.student))
   teacher = models.create(args.teacher, spec.num_classes, **kwargs(config.teacher))
@@ -130,7 +131,7 @@ def main(argv=None):
         pmesh, options, student=population.member_model(config.student, config, spec, 1),
         teacher=population.member_model(config.teacher, config, spec, 1),
         spec=spec, learning_rate_fn=lr_fn, steps_per_epoch=steps_per_epoch,
-        oracle_steps=1, reference_batch_size=64, label_smoothing=0.0,
+        make_optimizer=functools.partial(optim.make_optimizer, config), oracle_steps=1, reference_batch_size=64, label_smoothing=0.0,
         member_loop=population.member_loop_for(pmesh))
     batch = jax.device_put(batches(len(seeds)))
     box = [state]

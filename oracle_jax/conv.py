@@ -19,6 +19,11 @@ global batch, so a batch sharded over devices needs no data movement.
 'cpu' ('auto' on one CPU device): 'chunked', and the forward pass and input gradient of
 narrow stride-1 convolutions (the 3-channel stem, 16-channel first stage of the CIFAR
 ResNets) computed by `paired_conv`, which gives XLA's kernels the wider GEMMs they need.
+
+'patch' ('auto' on one CPU device for images of at most 16×16, the digits):
+`patch_conv.patch_conv`, each convolution one matrix product of image patches with the
+kernel. Populations use it too (see `oracle_jax/population.py`), so a member and its
+sequential run compute the same arithmetic.
 """
 import functools
 from typing import Callable, Optional
@@ -28,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from oracle_jax import errors
+from oracle_jax import errors, patch_conv
 
 # Examples per weight-gradient chunk: 8 is fastest on 2 CPU cores for CIFAR ResNets
 # (benchmarks/conv_ops.py). Each chunk is one more convolution in the compiled program,
@@ -237,8 +242,13 @@ IMPLEMENTATIONS = {
     'default': None,  # flax.linen.Conv's own `lax.conv_general_dilated`
     'chunked': functools.partial(chunked_conv_general_dilated, pair_narrow=False),
     'cpu': functools.partial(chunked_conv_general_dilated, pair_narrow=True),
+    'patch': patch_conv.patch_conv,  # takes no chunk size
 }
-CPU_TUNED = ('chunked', 'cpu')  # the names that go with CPU_COMPILER_OPTIONS
+CPU_TUNED = ('chunked', 'cpu', 'patch')  # the names that go with CPU_COMPILER_OPTIONS
+# Images up to this many pixels (the 8×8 digits, not 32×32 CIFAR) train fastest on CPU with
+# 'patch': at 8×8 patches × kernel is 1.4–2× faster than XLA's convolutions, at 32×32 2.8×
+# slower (benchmarks/README.md).
+PATCH_MAX_PIXELS = 16 * 16
 NAMES = ('auto',) + tuple(IMPLEMENTATIONS)
 
 # XLA:CPU runs its YNNPACK convolution kernels on one thread, so a training step uses
@@ -254,19 +264,22 @@ CPU_COMPILER_OPTIONS = {
 }
 
 
-def resolve(name: str, backend: Optional[str] = None,
-            device_count: Optional[int] = None) -> str:
-  """'auto' → 'cpu' on a single CPU device, 'default' elsewhere: GPU/TPU libraries
-  compute whole-batch weight gradients and narrow convolutions well, and with several
-  (simulated) CPU devices the per-device batches are already small and the devices
-  already run in parallel (chunked is no faster there, benchmarks/README.md). Other
-  names are returned checked."""
+def resolve(name: str, backend: Optional[str] = None, device_count: Optional[int] = None,
+            image_shape: Optional[tuple] = None) -> str:
+  """'auto' on a single CPU device → 'patch' for images of at most PATCH_MAX_PIXELS
+  pixels, else 'cpu'; 'default' elsewhere: GPU/TPU libraries compute whole-batch weight
+  gradients and narrow convolutions well, and with several (simulated) CPU devices the
+  per-device batches are already small and the devices already run in parallel (chunked
+  is no faster there, benchmarks/README.md). Other names are returned checked."""
   if name not in NAMES:
     raise errors.ConfigError(f'Unknown conv_impl {name!r}; choose one of: {", ".join(NAMES)}.')
   if name == 'auto':
     backend = backend or jax.default_backend()
     device_count = jax.device_count() if device_count is None else device_count
-    return 'cpu' if backend == 'cpu' and device_count == 1 else 'default'
+    if backend != 'cpu' or device_count != 1:
+      return 'default'
+    tiny = image_shape is not None and np.prod(image_shape[:2]) <= PATCH_MAX_PIXELS
+    return 'patch' if tiny else 'cpu'
   return name
 
 
@@ -275,10 +288,11 @@ def get(name: str, chunk_size: Optional[int] = None,
   """The convolution a config names, for `models.create(..., conv_impl=...)`:
   'default' → None (Flax's own `lax` call); 'chunked' → `chunked_conv_general_dilated`
   with `chunk_size` (default `DEFAULT_CHUNK_SIZE`); 'cpu' → the same with narrow
-  convolutions paired (`paired_conv`); 'auto' → see `resolve`."""
+  convolutions paired (`paired_conv`); 'patch' → `patch_conv.patch_conv`; 'auto' → see
+  `resolve`."""
   impl = IMPLEMENTATIONS[resolve(name, device_count=device_count)]
-  if impl is None:
-    return None
+  if impl is None or impl is patch_conv.patch_conv:
+    return impl
   chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
   if not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f'conv chunk_size must be a positive integer, got {chunk_size!r}.')
@@ -288,7 +302,7 @@ def get(name: str, chunk_size: Optional[int] = None,
 def compiler_options(name: str, backend: Optional[str] = None,
                      device_count: Optional[int] = None) -> dict:
   """XLA compile options that go with `name`, for `jax.jit(..., compiler_options=...)`:
-  on CPU, 'chunked' and 'cpu' also move convolutions to XLA's multi-threaded kernels;
+  on CPU, 'chunked', 'cpu' and 'patch' also move convolutions to XLA's multi-threaded kernels;
   'default' keeps XLA's defaults; other backends get {}."""
   backend = backend or jax.default_backend()
   if (backend == 'cpu' and resolve(name, backend, device_count) in CPU_TUNED
@@ -297,12 +311,12 @@ def compiler_options(name: str, backend: Optional[str] = None,
   return {}
 
 
-def choose(name: str, device_count: Optional[int] = None,
-           backend: Optional[str] = None) -> tuple:
-  """`(convolution, compiler_options)` of `name` on `device_count` devices: the matching
-  pair for `models.create(..., conv_impl=...)` and `jax.jit(..., compiler_options=...)`,
-  both from one resolution of 'auto'."""
-  resolved = resolve(name, backend, device_count)
+def choose(name: str, device_count: Optional[int] = None, backend: Optional[str] = None,
+           image_shape: Optional[tuple] = None) -> tuple:
+  """`(convolution, compiler_options)` of `name` on `device_count` devices for images of
+  `image_shape` (H, W, …): the matching pair for `models.create(..., conv_impl=...)` and
+  `jax.jit(..., compiler_options=...)`, both from one resolution of 'auto'."""
+  resolved = resolve(name, backend, device_count, image_shape)
   return get(resolved), compiler_options(resolved, backend)
 
 

@@ -13,9 +13,11 @@ rate (as a scale of the shared schedule). Everything else — models, teacher, d
 batch size, steps, schedule shape, optimizer — is shared (`compatibility_key`).
 
 Members that share a seed share a batch, and members that share a batch share the
-teacher's work: the teacher's input gradient and its logits on x are computed once per
-distinct batch, and the teacher's forward on x*_γ once per distinct (batch, γ). Each
-member then equals its sequential run (`train.train_and_evaluate`) to float32 rounding.
+teacher's work: its forward on x (KD) and its input gradient (oracle KD) once per distinct
+batch, its forward on x*_γ once per distinct (batch, γ). Each member computes the
+arithmetic of its sequential run (`train.train_and_evaluate`): on one device its
+parameters, metrics and results are bit for bit the sequential run's (same convolution,
+same teacher computation, the learning-rate scale applied to the scalar rate).
 
 Each member keeps its own workdir as a sequential run would (config.json, metrics.jsonl,
 TensorBoard, best/, teacher/ for scratch, results.json); the population's training
@@ -35,7 +37,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from oracle_jax import checkpoints, conv, data, errors, fileio, methods, metrics_io, steps
-from oracle_jax import models, oracle, parallel, patch_conv, preemption, train, validation
+from oracle_jax import models, optim, oracle, parallel, patch_conv, preemption, train, validation
 from oracle_jax import workdirs
 
 # Settings a member may choose freely; every other config key must agree across members.
@@ -80,26 +82,37 @@ def _oracle(config):
 
 def plan(configs, base_learning_rate=None):
   """`(seeds, arrays)`: the distinct data seeds (batch d comes from `seeds[d]`) and the
-  arrays the step reads: each member's batch, teacher-logits row and scalars (the
-  learning rate relative to `base_learning_rate`, that of the shared schedule; default
-  the first member's), and the distinct (batch, γ) pairs whose x* the teacher sees."""
+  arrays the step reads: each member's batch, scalars (the learning rate relative to
+  `base_learning_rate`, that of the shared schedule; default the first member's) and rows
+  of the teacher's logits table (`teacher_logits`), whose parts are computed only where a
+  member needs them: the teacher's plain forward on each batch of a KD member, its input
+  gradient (and the logits of that pass) on each batch of an oracle member, and its
+  forward on x* of each distinct (batch, γ)."""
   seeds = list(dict.fromkeys(int(c.seed) for c in configs))
-  signals, rows = [], []
+  batch_of = lambda c: seeds.index(int(c.seed))
+  plain = list(dict.fromkeys(batch_of(c) for c in configs if _distilled(c) and not _oracle(c)))
+  grad = list(dict.fromkeys(batch_of(c) for c in configs if _oracle(c)))
+  signals = list(dict.fromkeys((batch_of(c), float(c.oracle.gamma)) for c in configs
+                               if _oracle(c)))
+  # A member's rows: its distillation target and its teacher-on-x logits (for metrics).
+  # Scratch members read row 0, which exists whenever a teacher does, and ignore it.
+  target_rows, x_rows = [], []
   for c in configs:
-    batch = seeds.index(int(c.seed))
     if _oracle(c):
-      signal_ = (batch, float(c.oracle.gamma))
-      if signal_ not in signals:
-        signals.append(signal_)
-      rows.append(len(seeds) + signals.index(signal_))
+      target_rows.append(len(plain) + len(grad) + signals.index((batch_of(c), float(c.oracle.gamma))))
+      x_rows.append(len(plain) + grad.index(batch_of(c)))
     else:
-      rows.append(batch)
+      row = plain.index(batch_of(c)) if _distilled(c) else 0
+      target_rows.append(row)
+      x_rows.append(row)
   base_lr = base_learning_rate or configs[0].optimizer.learning_rate
   f32 = lambda values: np.asarray(values, np.float32)
+  i32 = lambda values: np.asarray(values, np.int32).reshape(-1)
   arrays = dict(
-      batch=np.asarray([seeds.index(int(c.seed)) for c in configs], np.int32),
-      teacher_row=np.asarray(rows, np.int32),
-      oracle_batch=np.asarray([b for b, _ in signals], np.int32).reshape(-1),
+      batch=i32([batch_of(c) for c in configs]),
+      teacher_row=i32(target_rows), teacher_x_row=i32(x_rows),
+      plain_batch=i32(plain), gradient_batch=i32(grad),
+      oracle_gradient=i32([grad.index(b) for b, _ in signals]),
       oracle_gamma=f32([g for _, g in signals]).reshape(-1),
       alpha=f32([c.alpha if _distilled(c) else 0.0 for c in configs]),
       ce_weight=f32([c.ce_weight if _distilled(c) else 1.0 for c in configs]),
@@ -112,46 +125,52 @@ def plan(configs, base_learning_rate=None):
 
 def teacher_logits(teacher, teacher_variables, x, labels, arrays, *, oracle_steps,
                    reference_batch_size, member_loop='vmap'):
-  """`(table, logits on x)`: rows 0…D−1 of `table` are the teacher's logits on each
-  distinct batch x_d, rows D… its logits on x* of each distinct (batch, γ). The batches
-  go through the teacher as `member_loop` says (see `over_members`)."""
+  """The teacher's logits table (rows as `plan` lays them out): its plain forward on
+  each batch `plain_batch` names, then the logits of its input-gradient pass on each
+  batch `gradient_batch` names, then its forward on x* of each (batch, γ). Each part is
+  the computation a sequential run does for that member (a plain forward for KD, the
+  oracle's pass for oracle KD), so members get their sequential run's logits exactly.
+  The batches go through the teacher as `member_loop` says (see `over_members`)."""
   logits_fn = functools.partial(teacher.apply, teacher_variables, train=False)
   each = lambda fn, *args: over_members(fn, member_loop, *args)
-  if arrays['oracle_gamma'].shape[0] == 0:
-    logits_x = each(logits_fn, x)
-    return logits_x, logits_x
-  gradient = functools.partial(oracle.input_gradient, logits_fn,
-                               reference_batch_size=reference_batch_size)
-  grads, logits_x = each(gradient, x, labels)  # one input gradient per distinct batch
-  which = arrays['oracle_batch']
-  gamma = arrays['oracle_gamma'].reshape(-1, *([1] * (x.ndim - 1)))
-  x_star, grad = x[which], grads[which]
-  for step in range(oracle_steps):
-    if step:  # later steps start from each γ's own iterate
-      grad, _ = each(gradient, x_star, labels[which])
-    x_star = oracle.reinforce_update(x_star, grad, gamma)
-  table = jnp.concatenate([logits_x, each(logits_fn, x_star)])
-  return jax.lax.stop_gradient((table, logits_x))
+  parts = []
+  if arrays['plain_batch'].shape[0]:
+    parts.append(each(logits_fn, x[arrays['plain_batch']]))
+  if arrays['gradient_batch'].shape[0]:
+    gradient = functools.partial(oracle.input_gradient, logits_fn,
+                                 reference_batch_size=reference_batch_size)
+    x_g, labels_g = x[arrays['gradient_batch']], labels[arrays['gradient_batch']]
+    grads, logits_x = each(gradient, x_g, labels_g)  # one input gradient per batch
+    parts.append(logits_x)
+    which = arrays['oracle_gradient']
+    gamma = arrays['oracle_gamma'].reshape(-1, *([1] * (x.ndim - 1)))
+    x_star, grad = x_g[which], grads[which]
+    for step in range(oracle_steps):
+      if step:  # later steps start from each γ's own iterate
+        grad, _ = each(gradient, x_star, labels_g[which])
+      x_star = oracle.reinforce_update(x_star, grad, gamma)
+    parts.append(each(logits_fn, x_star))
+  return jax.lax.stop_gradient(jnp.concatenate(parts))
 
 
 def population_step(state, teacher_variables, batch, arrays, *, student, teacher, spec,
-                    learning_rate_fn, steps_per_epoch, oracle_steps, reference_batch_size,
+                    learning_rate_fn, make_optimizer, steps_per_epoch, oracle_steps, reference_batch_size,
                     label_smoothing, member_loop='vmap'):
   """One optimizer step of every member. `state`: TrainStates stacked on a leading
   member axis [P]; `batch`: the distinct batches stacked, [D, B, …]; `arrays`: `plan`'s;
-  `member_loop`: see `over_members`. Returns the new state and metrics of shape [P]."""
+  `member_loop`: see `over_members`; `make_optimizer`: the members' optimizer of a learning-rate
+  schedule. Returns the new state and metrics of shape [P]."""
   x = data.normalize(batch['image'], spec)
   labels = batch['label']
   member_x, member_labels = x[arrays['batch']], labels[arrays['batch']]
   metrics, member_teacher = {}, None
   if teacher is not None:
-    table, logits_x = teacher_logits(teacher, teacher_variables, x, labels, arrays,
-                                     oracle_steps=oracle_steps,
-                                     reference_batch_size=reference_batch_size,
-                                     member_loop=member_loop)
+    table = teacher_logits(teacher, teacher_variables, x, labels, arrays,
+                           oracle_steps=oracle_steps, reference_batch_size=reference_batch_size,
+                           member_loop=member_loop)
     member_teacher = table[arrays['teacher_row']]
     by_member = jax.vmap(steps.accuracy)
-    metrics = {'teacher_accuracy': by_member(logits_x[arrays['batch']], member_labels),
+    metrics = {'teacher_accuracy': by_member(table[arrays['teacher_x_row']], member_labels),
                'oracle_accuracy': by_member(member_teacher, member_labels)}
 
   def member_step(state, x, labels, t_logits, alpha, ce_weight, temperature, lr_scale):
@@ -162,9 +181,12 @@ def population_step(state, teacher_variables, batch, arrays, *, student, teacher
         state.trainable(), state.batch_stats, x, labels, t_logits, None, epoch,
         student=student, distiller=distiller, ce_weight=ce_weight,
         label_smoothing=label_smoothing)
-    m.update(grad_norm=optax.tree.norm(grads),
-             learning_rate=learning_rate_fn(state.step) * lr_scale)
-    return steps.apply_gradients(state, grads, batch_stats, lr_scale), m
+    # The scale multiplies the scalar learning rate, not the update: at scale 1 every
+    # parameter's arithmetic is then that of the sequential run, bit for bit.
+    member_lr_fn = lambda step: learning_rate_fn(step) * lr_scale
+    m.update(grad_norm=optax.tree.norm(grads), learning_rate=member_lr_fn(state.step))
+    tx = make_optimizer(member_lr_fn)
+    return steps.apply_gradients(state, grads, batch_stats, tx), m
 
   state, member_metrics = over_members(
       member_step, member_loop, state, member_x, member_labels, member_teacher,
@@ -202,22 +224,19 @@ def member_metric_names(config, names):
 
 # ------------------------------------------------------------------------- devices, jit
 
-# Images up to this many pixels (the 8×8 digits; not 32×32 CIFAR) use `patch_conv` on CPU.
-PATCH_CONV_MAX_PIXELS = 16 * 16
-
-
 def member_model(model_config, config, spec, device_count):
-  """The student (or teacher) model of a population. On CPU with tiny images its
-  convolutions are `patch_conv`'s: XLA's CPU convolutions lose their fast paths over a
-  member axis (vmapped they become grouped convolutions, inside `lax.map` the stock ones
-  run up to 10x slower than alone), and at 8×8 patches × kernel is 1.4-2x faster than
-  them anyway (benchmarks/README.md). At CIFAR size the patch matrix costs more than it
-  saves, so larger images keep `config.conv_impl`'s. The parameters are the same."""
-  conv_impl, _ = conv.choose(config.conv_impl, device_count)
-  kwargs = train.model_kwargs(model_config, config.dtype, conv_impl)
-  if jax.default_backend() == 'cpu' and np.prod(spec.image_shape[:2]) <= PATCH_CONV_MAX_PIXELS:
-    kwargs['conv_impl'] = patch_conv.patch_conv
-  return models.create(model_config.model, spec.num_classes, **kwargs)
+  """The student (or teacher) model of a population: the convolution `config.conv_impl`
+  chooses, as for a sequential run (on one CPU device 'auto' is `patch_conv` for the
+  digits, so each member computes its sequential run's arithmetic). On several CPU
+  devices tiny images keep `patch_conv` too: vmapped, XLA's CPU convolutions become
+  grouped convolutions ~10x slower than alone, inside `lax.map` the stock ones too
+  (benchmarks/README.md). The parameters are the same whatever the convolution."""
+  conv_impl, _ = conv.choose(config.conv_impl, device_count, image_shape=spec.image_shape)
+  tiny = np.prod(spec.image_shape[:2]) <= conv.PATCH_MAX_PIXELS
+  if jax.default_backend() == 'cpu' and tiny and config.conv_impl == 'auto':
+    conv_impl = patch_conv.patch_conv
+  return models.create(model_config.model, spec.num_classes,
+                       **train.model_kwargs(model_config, config.dtype, conv_impl))
 
 
 def make_mesh(population_size, devices=None):
@@ -356,8 +375,8 @@ def _train(members, configs, reference, run, data_teacher, pmesh, devices, membe
              if run.teacher else None)
   train_step = jit_population_step(
       pmesh, run.compiler_options, student=student, teacher=teacher, spec=run.spec,
-      learning_rate_fn=run.lr_fn, steps_per_epoch=run.steps_per_epoch,
-      oracle_steps=reference.oracle.steps,
+      learning_rate_fn=run.lr_fn, make_optimizer=functools.partial(optim.make_optimizer, reference),
+      steps_per_epoch=run.steps_per_epoch, oracle_steps=reference.oracle.steps,
       reference_batch_size=reference.oracle.reference_batch_size,
       label_smoothing=reference.label_smoothing, member_loop=member_loop_for(pmesh))
   eval_step = jit_population_eval(pmesh, run.compiler_options, member_loop_for(pmesh),

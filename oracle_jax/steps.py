@@ -146,13 +146,11 @@ def train_step(state, teacher_variables, batch, rng, *, config, oracle_settings,
   return new_state, metrics
 
 
-def apply_gradients(state, grads, batch_stats, learning_rate_scale=None):
-  """The optimizer step. `learning_rate_scale` multiplies the update: a population
-  member's learning rate relative to the shared schedule (SGD's update is linear in it)."""
+def apply_gradients(state, grads, batch_stats, tx=None):
+  """The optimizer step, by `state.tx` or by `tx`, an optimizer of the same structure (a
+  population member's, whose learning rate is its own multiple of the shared schedule)."""
   trainable = state.trainable()
-  updates, opt_state = state.tx.update(grads, state.opt_state, trainable)
-  if learning_rate_scale is not None:
-    updates = jax.tree.map(lambda u: u * learning_rate_scale, updates)
+  updates, opt_state = (tx or state.tx).update(grads, state.opt_state, trainable)
   trainable = optax.apply_updates(trainable, updates)
   return state.replace(step=state.step + 1, params=trainable['student'],
                        distiller_params=trainable['distiller'], batch_stats=batch_stats,

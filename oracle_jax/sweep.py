@@ -32,17 +32,18 @@ def variant_config(config, name, seed):
   return c
 
 
-def run_grid(config, workdir, names, seeds, population='auto'):
+def run_grid(config, workdir, names, seeds, population='auto', mesh=None):
   """Trains every (name, seed) in `workdir/<name>_seed<seed>` (each resumable); returns
   `{name: [results per seed]}`. `population='auto'` trains the variants that can share
   one program (`population.compatibility_key`) as one vmapped population; 'off', and
   variants that cannot, run one after another (seeds of one variant share a compilation).
-  Either way each run's results are its own."""
+  Either way each run's results are its own (on one device, bit for bit the same). `mesh`:
+  the devices (default all)."""
   if population not in POPULATION_MODES:
     raise errors.ConfigError(f'population must be one of {POPULATION_MODES}, got '
                              f'{population!r}.')
   workdir = fileio.path(workdir)
-  mesh = parallel.make_mesh()
+  mesh = mesh or parallel.make_mesh()
   for name in names:
     method, _ = variant(name)
     if method not in (config.method, 'scratch'):

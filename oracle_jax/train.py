@@ -39,7 +39,8 @@ class Run:
     self.tx = optim.make_optimizer(config, self.lr_fn)
     self.oracle_settings = oracle.Settings.from_config(config.oracle)
     # The convolution and the XLA options that go with it depend on the mesh ('auto').
-    conv_impl, self.compiler_options = conv.choose(config.conv_impl, mesh.size)
+    conv_impl, self.compiler_options = conv.choose(config.conv_impl, mesh.size,
+                                                   image_shape=self.spec.image_shape)
     options_of = functools.partial(model_kwargs, dtype=config.dtype, conv_impl=conv_impl)
     self.student = models.create(config.student.model, self.spec.num_classes,
                                  **options_of(config.student))

@@ -14,7 +14,7 @@ from conftest import REFERENCE_DIR, state_dict_from
 
 from configs import common
 from oracle_jax import conv, data, methods, models, optim, oracle, parallel, steps
-from oracle_jax import torch_import
+from oracle_jax import patch_conv, torch_import
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')  # what flax.linen.Conv passes (as ConvDimensionNumbers)
 CASES = {  # name: (kernel, stride, padding) as the models use them (PyTorch padding)
@@ -297,6 +297,11 @@ def test_get():
   assert conv.get('chunked').func is conv.chunked_conv_general_dilated
   assert conv.get('cpu').keywords == {'pair_narrow': True, 'chunk_size': conv.DEFAULT_CHUNK_SIZE}
   assert conv.resolve('auto', 'cpu', 1) == 'cpu'
+  assert conv.resolve('auto', 'cpu', 1, (8, 8, 1)) == 'patch'  # the digits
+  assert conv.resolve('auto', 'cpu', 1, (32, 32, 3)) == 'cpu'
+  assert conv.resolve('auto', 'cpu', 8, (8, 8, 1)) == 'default'
+  assert conv.get('patch') is patch_conv.patch_conv
+  assert conv.compiler_options('patch', 'cpu') == conv.CPU_COMPILER_OPTIONS
   assert conv.resolve('auto', 'cpu', 8) == 'default' == conv.resolve('auto', 'gpu', 1)
   assert conv.compiler_options('chunked', 'cpu') == conv.CPU_COMPILER_OPTIONS
   assert conv.compiler_options('cpu', 'cpu') == conv.CPU_COMPILER_OPTIONS

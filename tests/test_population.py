@@ -17,7 +17,7 @@ STEPS = 4
 
 
 def member_config(data_dir, teacher_dir, method='kd', **overrides):
-  return digits_config(data_dir, method=method, train_steps=STEPS, **{
+  return digits_config(data_dir, method=method, **{'train_steps': STEPS,
       'teacher.model': 'resnet8', 'teacher.checkpoint': teacher_dir,
       'checkpoint_every_steps': 2, **overrides})
 
@@ -74,36 +74,37 @@ def test_plan_shares_batches_and_oracle_inputs(mixed):
   seeds, arrays = population.plan(list(mixed.values()))
   assert seeds == [0, 1]
   np.testing.assert_array_equal(arrays['batch'], [0, 0, 1, 1])
-  # rows 0-1: teacher on each batch; 2: x* of (batch 0, γ 5); 3: x* of (batch 1, γ 1)
-  np.testing.assert_array_equal(arrays['teacher_row'], [0, 2, 3, 1])
-  np.testing.assert_array_equal(arrays['oracle_batch'], [0, 1])
+  # The teacher's table: row 0 its plain forward on batch 0 (the KD member's); rows 1-2 its
+  # input-gradient pass on batches 0 and 1 (the oracle members'); row 3 x* of (batch 0,
+  # γ 5), row 4 x* of (batch 1, γ 1). Nothing else: batch 1 has no KD member.
+  np.testing.assert_array_equal(arrays['plain_batch'], [0])
+  np.testing.assert_array_equal(arrays['gradient_batch'], [0, 1])
+  np.testing.assert_array_equal(arrays['oracle_gradient'], [0, 1])
   np.testing.assert_allclose(arrays['oracle_gamma'], [5.0, 1.0])
+  np.testing.assert_array_equal(arrays['teacher_row'], [0, 3, 4, 0])
+  np.testing.assert_array_equal(arrays['teacher_x_row'], [0, 1, 2, 0])
   np.testing.assert_allclose(arrays['alpha'], [1.0, 1.0, 0.5, 0.0])
+  np.testing.assert_allclose(arrays['ce_weight'], [1.0, 1.0, 1.0, 1.0])
   np.testing.assert_allclose(arrays['temperature'], [4.0, 4.0, 2.0, 4.0])
   np.testing.assert_allclose(arrays['learning_rate_scale'], [1.0, 1.0, 2.0, 1.0])
 
 
-def test_each_member_equals_its_sequential_run(mixed, trained):
+def test_each_member_is_bit_identical_to_its_sequential_run(mixed, trained):
   root, results, sequential = trained
   variables = population_variables(mixed, str(root / 'pop' / 'population'), one_device())
   for i, (name, config) in enumerate(mixed.items()):
-    assert results[name]['final_train_loss'] == pytest.approx(
-        sequential[name]['final_train_loss'], rel=1e-5), name
-    assert abs(results[name]['final_top1'] - sequential[name]['final_top1']) <= 1 / 540, name
-    assert_trees_close(population.unstack(variables, i),
-                       sequential_variables(config, str(root / 'seq' / name)),
-                       rtol=2e-4, atol=2e-5)
-    assert {k: results[name][k] for k in ('method', 'oracle', 'seed', 'steps')} == {
-        k: sequential[name][k] for k in ('method', 'oracle', 'seed', 'steps')}
+    assert results[name] == sequential[name], name
+    jax.tree.map(np.testing.assert_array_equal, population.unstack(variables, i),
+                 sequential_variables(config, str(root / 'seq' / name)))
 
 
-def test_members_write_their_own_metrics_and_results(trained):
+def test_members_write_their_sequential_runs_metrics(trained):
   root, _, _ = trained
-  for name in ('kd_seed0', 'oracle_kd_seed0', 'scratch_seed1'):
+  for name in ('kd_seed0', 'oracle_kd_seed0', 'oracle_kd_seed1', 'scratch_seed1'):
     pop_lines = (root / 'pop' / name / 'metrics.jsonl').read_text().splitlines()
     seq_lines = (root / 'seq' / name / 'metrics.jsonl').read_text().splitlines()
-    keys = lambda lines: [sorted(json.loads(line)) for line in lines]
-    assert keys(pop_lines) == keys(seq_lines)  # the same metrics, line for line
+    assert [json.loads(line) for line in pop_lines] == [json.loads(line) for line in seq_lines]
+    assert len(pop_lines) >= STEPS // 2
     assert (root / 'pop' / name / 'results.json').exists()
   assert (root / 'pop' / 'scratch_seed1' / 'teacher').is_dir()
 
@@ -149,15 +150,18 @@ def test_incompatible_members_are_refused(mixed, tmp_path):
     population.train_population(members_in(configs, str(tmp_path)), str(tmp_path / 'p'))
 
 
-def test_sweep_table_is_the_same_with_and_without_population(digits_data_dir,
-                                                             digits_teacher_dir, tmp_path):
-  config = member_config(digits_data_dir, digits_teacher_dir)
-  tables = {}
+def test_sweep_is_the_same_with_and_without_population(digits_data_dir, digits_teacher_dir,
+                                                       tmp_path):
+  """Long enough (40 steps, lr 0.2) for rounding differences to change test predictions."""
+  config = member_config(digits_data_dir, digits_teacher_dir, train_steps=40,
+                         **{'optimizer.learning_rate': 0.2})
+  results, tables = {}, {}
   for mode in ('auto', 'off'):
-    results = sweep.run_grid(config, str(tmp_path / mode), ['kd', 'oracle_kd'], [0, 1],
-                             population=mode)
-    tables[mode] = sweep.markdown(sweep.summarize(results, 'kd'), 'kd')
+    results[mode] = sweep.run_grid(config, str(tmp_path / mode), ['kd', 'oracle_kd'], [0, 1],
+                                   population=mode, mesh=one_device())
+    tables[mode] = sweep.markdown(sweep.summarize(results[mode], 'kd'), 'kd')
   assert (tmp_path / 'auto' / 'populations').is_dir()
   assert not (tmp_path / 'off' / 'populations').exists()
+  assert results['auto'] == results['off']
   assert tables['auto'] == tables['off']
   assert '| oracle_kd |' in tables['auto']

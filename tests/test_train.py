@@ -12,7 +12,7 @@ from conftest import REFERENCE_DIR
 from helpers import (REPO, assert_trees_close, digits_config, final_params, main_command,
                      saved_steps, wait_until)
 
-from oracle_jax import checkpoints, conv, parallel, train
+from oracle_jax import checkpoints, conv, data, parallel, patch_conv, train
 
 def test_scratch_run_keeps_a_teacher(digits_teacher):
   teacher_dir, results = digits_teacher
@@ -122,18 +122,20 @@ def test_teacher_class_count_mismatch(digits_data_dir, tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
-def test_auto_convolution_follows_the_mesh(digits_data_dir):
-  """conv_impl='auto' (the default): the chunked weight gradient and XLA's multi-threaded
-  CPU convolutions on one CPU device, XLA's own convolutions on several."""
+def test_auto_convolution_follows_the_mesh_and_image_size(digits_data_dir):
+  """conv_impl='auto' (the default): on one CPU device patches × kernel for the 8×8
+  digits, the chunked weight gradient for CIFAR-size images, both with XLA's
+  multi-threaded CPU convolutions; XLA's own convolutions on several devices."""
   config = digits_config(digits_data_dir, method='kd', **{'teacher.checkpoint': 'unused'})
   assert config.conv_impl == 'auto'
   one = train.Run(config, parallel.make_mesh(jax.devices()[:1]))
   eight = train.Run(config, parallel.make_mesh(jax.devices()))
   assert one.compiler_options == conv.CPU_COMPILER_OPTIONS and eight.compiler_options == {}
-  for model in (one.student, one.teacher):
-    assert model.conv_impl.func is conv.chunked_conv_general_dilated
-    assert model.conv_impl.keywords['pair_narrow']
+  assert one.student.conv_impl is patch_conv.patch_conv is one.teacher.conv_impl
   assert eight.student.conv_impl is None and eight.teacher.conv_impl is None
+  cifar_conv, _ = conv.choose('auto', 1, image_shape=data.dataset_spec('cifar10').image_shape)
+  assert cifar_conv.func is conv.chunked_conv_general_dilated
+  assert cifar_conv.keywords['pair_narrow']
 
 
 def test_chunked_convolutions_train_like_the_default(digits_data_dir, tmp_path):

@@ -68,7 +68,8 @@ def run(config, *, teacher, out_dir, gammas=DEFAULT_GAMMAS, split=None, num_bins
   teacher = teacher or config.teacher.checkpoint
   mesh = parallel.make_mesh()
   spec = data.dataset_spec(config.dataset)
-  conv_impl, compiler_options = conv.choose(config.conv_impl, mesh.size)
+  conv_impl, compiler_options = conv.choose(config.conv_impl, mesh.size,
+                                                 image_shape=spec.image_shape)
   model, variables = teachers.load(config, spec, checkpoint=teacher, conv_impl=conv_impl)
   parallel.check_batch_size(config.batch_size, mesh)  # Before reading any data.
   split = split or spec.eval_split

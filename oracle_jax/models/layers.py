@@ -44,9 +44,13 @@ class BatchNorm(nn.Module):
     y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
     if not self.is_initializing():
       n = x.size // channels
-      running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
-      running_var.value = (self.momentum * running_var.value
-                           + (1 - self.momentum) * var * (n / (n - 1)))
+      # old + (1 − momentum)·(new − old): one product feeding one sum, which XLA:CPU always
+      # contracts to one fused multiply-add. Written as momentum·old + (1 − momentum)·new,
+      # either product may be contracted, and which one changes with the surrounding
+      # program (a population member's statistics would differ from its run's in the last bit).
+      update = lambda old, new: old + (1 - self.momentum) * (new - old)
+      running_mean.value = update(running_mean.value, mean)
+      running_var.value = update(running_var.value, var * (n / (n - 1)))
     return y.astype(self.dtype)
 
 
