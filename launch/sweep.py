@@ -2,6 +2,8 @@
 
     python launch/sweep.py --config=configs/cifar.py:resnet56,resnet20 --workdir=runs/sweep \
         --methods=kd,oracle_kd,dkd,oracle_dkd --seeds=0,1,2
+    python launch/sweep.py --config=configs/cifar.py:resnet56,resnet20 --workdir=runs/gamma \
+        --methods=kd,oracle_kd --gammas=0.2,0.5,1,5 --seeds=0,1   # a γ search
 
 Each run lives in WORKDIR/<method>_seed<seed> and resumes if interrupted (with
 --population=auto, the default, variants that can share one program train as one
@@ -22,6 +24,8 @@ cli.define_config()
 flags.DEFINE_string('workdir', None, 'Directory of the grid.', required=True)
 flags.DEFINE_list('methods', ['kd', 'oracle_kd'], "Variants: a method, or 'oracle_<method>'.")
 flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds.')
+flags.DEFINE_list('gammas', [], 'γ search: every oracle variant once per γ (named e.g. '
+                  'oracle_kd_gamma0.5); default: the config\'s oracle.gamma.')
 flags.DEFINE_string('baseline', 'kd', 'Variant the paired differences are taken from.')
 flags.DEFINE_enum('population', 'auto', ['auto', 'off'],
                   'auto: variants that can share one program (KD family, same models, data '
@@ -36,7 +40,11 @@ def main(argv):
   if FLAGS.config is None:
     raise errors.UserError('--config is required, e.g. --config=configs/default.py.')
   from oracle_jax import fileio, sweep  # pylint: disable=g-import-not-at-top
-  results = sweep.run_grid(FLAGS.config, FLAGS.workdir, FLAGS.methods,
+  try:
+    gammas = [float(g) for g in FLAGS.gammas]
+  except ValueError:
+    raise errors.UserError(f'--gammas must be numbers, got {FLAGS.gammas}.') from None
+  results = sweep.run_grid(FLAGS.config, FLAGS.workdir, sweep.with_gammas(FLAGS.methods, gammas),
                            [int(s) for s in FLAGS.seeds], population=FLAGS.population)
   rows = sweep.summarize(results, FLAGS.baseline)
   table = sweep.markdown(rows, FLAGS.baseline)

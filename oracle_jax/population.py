@@ -313,19 +313,29 @@ def evaluate(run, mesh, eval_step, variables, size):
 
 
 def evaluate_teachers(members, run, teacher_variables):
-  """{member name: teacher top-1 on x and x*} as each member's sequential run reports it;
-  one evaluation per distinct (oracle, γ), not per member."""
-  out, cache = {}, {}
+  """{member name: teacher top-1 on x and x*} as each member's sequential run reports it.
+  Every distinct evaluation (plain, or the oracle at each γ) runs in one program over one
+  pass of the eval split, each as `steps.teacher_eval_step` computes it."""
+  key = lambda c: (float(c.oracle.gamma) if _oracle(c) else None)
+  settings = {}
   for m in members:
-    if not _distilled(m.config):
-      out[m.name] = {}
-      continue
-    key = (_oracle(m.config), float(m.config.oracle.gamma))
-    if key not in cache:
-      member_run = train.Run(m.config, run.mesh)
-      cache[key] = member_run.evaluate_teacher(teacher_variables)
-    out[m.name] = cache[key]
-  return out
+    if _distilled(m.config):
+      settings.setdefault(key(m.config), dataclasses.replace(
+          oracle.Settings.from_config(m.config.oracle), enabled=_oracle(m.config)))
+
+  def step(variables, batch):
+    sums = {'count': jnp.sum(batch['mask'])}
+    for i, oracle_settings in enumerate(settings.values()):
+      one = steps.teacher_eval_step(variables, batch, oracle_settings=oracle_settings,
+                                    teacher=run.teacher, spec=run.spec)
+      sums.update({f'{name}/{i}': v for name, v in one.items() if name != 'count'})
+    return sums
+
+  rates = train.evaluate(run, steps.jit_eval_step(step, run.mesh, run.compiler_options),
+                         teacher_variables)
+  by_key = {k: {name.split('/')[0]: v for name, v in rates.items() if name.endswith(f'/{i}')}
+            for i, k in enumerate(settings)}
+  return {m.name: by_key[key(m.config)] if _distilled(m.config) else {} for m in members}
 
 
 def train_population(members, directory, *, mesh=None):
@@ -470,7 +480,8 @@ def _finish(members, member_dirs, run, state, teacher_variables, best_top1, last
     teacher_eval = teachers.get(m.name, {})
     results = dict(final_top1=last_eval[i].get('top1'), final_top5=last_eval[i].get('top5'),
                    best_top1=best_top1[i], final_train_loss=train_loss[i], steps=run.total_steps,
-                   method=c.method, oracle=_oracle(c), dataset=c.dataset,
+                   method=c.method, oracle=_oracle(c),
+                   gamma=float(c.oracle.gamma) if _oracle(c) else None, dataset=c.dataset,
                    student=c.student.model, seed=c.seed,
                    teacher_top1=teacher_eval.get('teacher_top1'),
                    oracle_top1=teacher_eval.get('oracle_top1'),

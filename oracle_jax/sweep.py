@@ -16,10 +16,36 @@ from oracle_jax import errors, fileio, parallel, train
 from oracle_jax import population as population_lib
 
 
+GAMMA = '_gamma'  # 'oracle_kd_gamma0.5': oracle KD at γ 0.5 (`with_gammas`)
+
+
 def variant(name):
-  """'kd' → ('kd', False); 'oracle_kd' → ('kd', True); 'scratch' → ('scratch', False)."""
+  """'kd' → ('kd', False); 'oracle_kd' → ('kd', True); 'scratch' → ('scratch', False);
+  'oracle_kd_gamma0.5' → ('kd', True), at γ 0.5 (`gamma_of`)."""
+  name = name.split(GAMMA)[0]
   oracle = name.startswith('oracle_')
   return name[len('oracle_'):] if oracle else name, oracle
+
+
+def gamma_of(name):
+  """The γ a variant's name sets ('oracle_kd_gamma0.5' → 0.5), or None: the config's."""
+  if GAMMA not in name:
+    return None
+  base, value = name.split(GAMMA, 1)
+  try:
+    gamma = float(value)
+  except ValueError:
+    gamma = float('nan')
+  if not base.startswith('oracle_') or not 0 <= gamma < float('inf'):
+    raise errors.ConfigError(f'Variant {name!r}: a γ suffix needs an oracle variant and a '
+                             f'finite γ >= 0, e.g. oracle_kd{GAMMA}0.5.')
+  return gamma
+
+
+def with_gammas(names, gammas):
+  """Each oracle variant once per γ (`--gammas`): a γ search in one grid."""
+  return [f'{n}{GAMMA}{float(g):g}' if n.startswith('oracle_') and g is not None else n
+          for n in names for g in (gammas if n.startswith('oracle_') and gammas else [None])]
 
 
 POPULATION_MODES = ('auto', 'off')
@@ -27,8 +53,11 @@ POPULATION_MODES = ('auto', 'off')
 
 def variant_config(config, name, seed):
   method, oracle = variant(name)
+  gamma = gamma_of(name)
   c = copy.deepcopy(config)
   c.method, c.oracle.enabled, c.seed = method, oracle, seed
+  if gamma is not None:
+    c.oracle.gamma = gamma
   return c
 
 

@@ -165,3 +165,16 @@ def test_sweep_is_the_same_with_and_without_population(digits_data_dir, digits_t
   assert results['auto'] == results['off']
   assert tables['auto'] == tables['off']
   assert '| oracle_kd |' in tables['auto']
+
+
+def test_gamma_search_is_one_population(digits_data_dir, digits_teacher_dir, tmp_path):
+  config = member_config(digits_data_dir, digits_teacher_dir)
+  names = sweep.with_gammas(['kd', 'oracle_kd'], [1.0, 5.0])
+  results = sweep.run_grid(config, str(tmp_path), names, [0], mesh=one_device())
+  assert [r['gamma'] for name in names for r in results[name]] == [None, 1.0, 5.0]
+  assert len(list((tmp_path / 'populations').iterdir())) == 1
+  saved = json.loads((tmp_path / 'oracle_kd_gamma5_seed0' / 'config.json').read_text())
+  assert saved['oracle']['gamma'] == 5.0 and saved['oracle']['enabled']
+  # γ changes the teacher's x*, so the oracle members differ from each other and from KD.
+  finals = [results[name][0]['final_train_loss'] for name in names]
+  assert len(set(finals)) == 3

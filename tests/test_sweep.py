@@ -1,9 +1,13 @@
 """Grid runs and their tables (final and best top-1, mean ± std, paired differences)."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
-from helpers import digits_config
+from helpers import REPO, digits_config
 
-from oracle_jax import sweep
+from oracle_jax import errors, sweep
 
 
 def test_summarize_by_hand():
@@ -26,6 +30,14 @@ def test_summarize_by_hand():
 def test_variant_names():
   assert sweep.variant('oracle_dkd') == ('dkd', True)
   assert sweep.variant('at') == ('at', False)
+  assert sweep.variant('oracle_kd_gamma0.5') == ('kd', True)
+  assert sweep.gamma_of('oracle_kd_gamma0.5') == 0.5 and sweep.gamma_of('oracle_kd') is None
+  assert sweep.with_gammas(['kd', 'oracle_kd'], [0.2, 5]) == [
+      'kd', 'oracle_kd_gamma0.2', 'oracle_kd_gamma5']
+  assert sweep.with_gammas(['kd', 'oracle_kd'], []) == ['kd', 'oracle_kd']
+  for bad in ('kd_gamma1', 'oracle_kd_gamma-1', 'oracle_kd_gammax', 'oracle_kd_gammainf'):
+    with pytest.raises(errors.ConfigError, match='γ suffix'):
+      sweep.gamma_of(bad)
 
 
 def test_grid_on_digits(tmp_path):
@@ -35,3 +47,25 @@ def test_grid_on_digits(tmp_path):
   assert (tmp_path / 'grid' / 'scratch_seed1' / 'results.json').exists()
   assert results['scratch'][0]['final_top1'] != results['scratch'][1]['final_top1'] or \
       results['scratch'][0]['final_train_loss'] != results['scratch'][1]['final_train_loss']
+
+
+def test_sweep_command_runs_a_gamma_search(digits_data_dir, digits_teacher_dir, tmp_path):
+  """`launch/sweep.py --gammas` as a user runs it: one population, the table on disk."""
+  command = [sys.executable, os.path.join(REPO, 'launch', 'sweep.py'),
+             '--config=' + os.path.join(REPO, 'configs', 'default.py'), '--config.demo=False',
+             f'--config.data_dir={digits_data_dir}', '--config.teacher.model=resnet8',
+             f'--config.teacher.checkpoint={digits_teacher_dir}', '--config.batch_size=16',
+             '--config.eval_batch_size=64', '--config.train_steps=2',
+             '--methods=kd,oracle_kd', '--gammas=1,5', '--seeds=0', f'--workdir={tmp_path}']
+  env = {**os.environ, 'XLA_FLAGS': ''}  # one device, as on a laptop
+  proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  table = (tmp_path / 'sweep.md').read_text()
+  for row in ('| kd |', '| oracle_kd_gamma1 |', '| oracle_kd_gamma5 |'):
+    assert row in table and row in proc.stdout
+  assert len(list((tmp_path / 'populations').iterdir())) == 1
+  bad = subprocess.run(command[:-3] + ['--gammas=1,x', f'--workdir={tmp_path / "bad"}'],
+                       capture_output=True, text=True, env=env, timeout=600, check=False)
+  assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1] == (
+      "error: --gammas must be numbers, got ['1', 'x'].")
+  assert not (tmp_path / 'bad').exists()
