@@ -24,8 +24,9 @@ flags.DEFINE_list('methods', ['kd', 'oracle_kd'], "Variants: a method, or 'oracl
 flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds.')
 flags.DEFINE_string('baseline', 'kd', 'Variant the paired differences are taken from.')
 flags.DEFINE_enum('population', 'auto', ['auto', 'off'],
-                  'auto: variants that can share one program (KD family, same models, data '
-                  'and schedule) train as one vmapped population; off: one run after another. '
+                  'auto: variants that can share one program (one distillation method with '
+                  'or without the oracle, plus scratch; same models, data and schedule) train '
+                  'as one vmapped population; off: one run after another. '
                   'The table is the same either way.')
 FLAGS = flags.FLAGS
 
