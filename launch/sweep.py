@@ -28,8 +28,9 @@ flags.DEFINE_list('gammas', [], 'γ search: every oracle variant once per γ (na
                   'oracle_kd_gamma0.5); default: the config\'s oracle.gamma.')
 flags.DEFINE_string('baseline', 'kd', 'Variant the paired differences are taken from.')
 flags.DEFINE_enum('population', 'auto', ['auto', 'off'],
-                  'auto: variants that can share one program (KD family, same models, data '
-                  'and schedule) train as one vmapped population; off: one run after another. '
+                  'auto: variants that can share one program (one distillation method with '
+                  'or without the oracle, plus scratch; same models, data and schedule) train '
+                  'as one vmapped population; off: one run after another. '
                   'The table is the same either way.')
 FLAGS = flags.FLAGS
 

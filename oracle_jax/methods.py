@@ -192,6 +192,14 @@ def _zeros_like(features):
   return jax.tree.map(lambda f: jnp.zeros(f.shape, jnp.float32), features)
 
 
+def opaque(value):
+  """A distiller's numeric setting as a float32 scalar XLA cannot constant-fold. A folded
+  constant lets XLA reassociate products (e.g. a weight with a mean's 1/N, or through the
+  backward pass), so a Python weight (a sequential run's) and a traced one (a population
+  member's, `MEMBER_FIELDS`) would round differently; opaque, both compile alike."""
+  return jax.lax.optimization_barrier(jnp.asarray(value, jnp.float32))
+
+
 class Distiller:
   """What the train step calls; one subclass per method.
 
@@ -219,8 +227,8 @@ class KD(Distiller):
 
   def loss(self, module_params, student_logits, student_feats, teacher_logits, teacher_feats,
            labels, *, epoch):
-    kd = losses.kd_loss(student_logits, teacher_logits, self.temperature)
-    return self.alpha * kd, {'kd': kd}
+    kd = losses.kd_loss(student_logits, teacher_logits, opaque(self.temperature))
+    return opaque(self.alpha) * kd, {'kd': kd}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +250,7 @@ class FitNet(Distiller):
     t = teacher_feats[self.stage]
     regressed = self._regressor(t).apply({'params': module_params}, student_feats[self.stage])
     hint = losses.hint_loss(regressed, t)
-    return self.weight * hint, {'hint': hint}
+    return opaque(self.weight) * hint, {'hint': hint}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,7 +266,7 @@ class AT(Distiller):
     if len(s) != len(t):
       raise ValueError(f'AT pairs stages one to one: student has {len(s)}, teacher {len(t)}.')
     at = sum(losses.attention_transfer_loss(f_s, f_t, p=self.p) for f_s, f_t in zip(s, t))
-    return self.beta * at, {'at': at}
+    return opaque(self.beta) * at, {'at': at}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,10 +279,12 @@ class DKD(Distiller):
 
   def loss(self, module_params, student_logits, student_feats, teacher_logits, teacher_feats,
            labels, *, epoch):
-    tckd, nckd = losses.dkd_parts(student_logits, teacher_logits, labels, temperature=self.temperature)
-    warmup = (jnp.minimum(jnp.asarray(epoch, jnp.float32) / self.warmup_epochs, 1.0)
-              if self.warmup_epochs > 0 else jnp.float32(1.0))
-    loss = warmup * (self.alpha * tckd + self.beta * nckd)
+    tckd, nckd = losses.dkd_parts(student_logits, teacher_logits, labels,
+                                  temperature=opaque(self.temperature))
+    warmup_epochs = opaque(self.warmup_epochs)
+    warmup = jnp.where(warmup_epochs > 0,  # a select: the warm-up may be traced
+                       jnp.minimum(jnp.asarray(epoch, jnp.float32) / warmup_epochs, 1.0), 1.0)
+    loss = warmup * (opaque(self.alpha) * tckd + opaque(self.beta) * nckd)
     return loss, {'tckd': tckd, 'nckd': nckd, 'dkd_warmup': warmup}
 
 
@@ -321,11 +331,28 @@ class SAD(Distiller):
            labels, *, epoch):
     sad = SADAttention(self.qk_dim).apply({'params': module_params},
                                           *self._pair(student_feats, teacher_feats))
-    kd = losses.kd_loss(student_logits, teacher_logits, self.temperature)
-    return self.beta * sad + self.kd_weight * kd, {'sad': sad, 'kd': kd}
+    kd = losses.kd_loss(student_logits, teacher_logits, opaque(self.temperature))
+    return opaque(self.beta) * sad + opaque(self.kd_weight) * kd, {'sad': sad, 'kd': kd}
 
 
 METHODS = ('kd', 'fitnet', 'at', 'dkd', 'sad')
+
+# Each method's numeric settings that population members may choose freely (traced per
+# member: one program for all), as distiller field → config key; every other field is
+# static and shared. LOSS_WEIGHTS: the fields that weight its loss terms (all 0: the
+# distillation loss adds nothing, as for a population's scratch members).
+MEMBER_FIELDS = {
+    'kd': {'alpha': 'alpha', 'temperature': 'temperature'},
+    'fitnet': {'weight': 'distill.fitnet_weight'},
+    'at': {'beta': 'distill.at_beta'},
+    'dkd': {'alpha': 'distill.dkd_alpha', 'beta': 'distill.dkd_beta',
+            'temperature': 'distill.dkd_temperature',
+            'warmup_epochs': 'distill.dkd_warmup_epochs'},
+    'sad': {'beta': 'distill.sad_beta', 'kd_weight': 'distill.sad_kd_weight',
+            'temperature': 'temperature'},
+}
+LOSS_WEIGHTS = {'kd': ('alpha',), 'fitnet': ('weight',), 'at': ('beta',),
+                'dkd': ('alpha', 'beta'), 'sad': ('beta', 'kd_weight')}
 
 
 def default_distill_config():

@@ -6,18 +6,25 @@ Small students are overhead-bound (a resnet8 step on the 8×8 digits is well und
 GFLOP): run one after another, every run pays its own compile, dispatch, host loop,
 evaluation and teacher passes. A population pays them once.
 
-What may differ between members (passed as arrays, so one compiled program serves all):
-the seed (init, data order, augmentation), the method within the KD family (`kd` or
-`scratch` = α 0, CE weight 1), the oracle on/off and γ, α, CE weight, τ and the learning
-rate (as a scale of the shared schedule). Everything else — models, teacher, data,
-batch size, steps, schedule shape, optimizer — is shared (`compatibility_key`).
+A population distils with ONE method of `methods.METHODS` (kd, fitnet, at, dkd, sad) and
+may add `scratch` members (the method's loss weights 0, CE weight 1). What may differ
+between members (passed as arrays, so one compiled program serves all): the seed (init,
+data order, augmentation), distilled or scratch, the oracle on/off and γ, the CE weight,
+the learning rate (as a scale of the shared schedule) and the method's numeric weights
+(`methods.MEMBER_FIELDS`: KD α, τ; DKD α, β, τ, warm-up; AT β; FitNet weight; SAD β, KD
+weight, τ). Everything else — models, teacher, data, batch size, steps, schedule shape,
+optimizer, the method's structure (FitNet stage, AT p, SAD features and qk_dim) — is
+shared (`compatibility_key`). The distillers' trainable modules (FitNet regressor, SAD
+attention) are part of each member's state, trained and checkpointed with it.
 
 Members that share a seed share a batch, and members that share a batch share the
-teacher's work: its forward on x (KD) and its input gradient (oracle KD) once per distinct
-batch, its forward on x*_γ once per distinct (batch, γ). Each member computes the
-arithmetic of its sequential run (`train.train_and_evaluate`): on one device its
+teacher's work: its forward on x (non-oracle members) and its input gradient (oracle
+members) once per distinct batch, its forward on x*_γ once per distinct (batch, γ); with
+a feature method each forward returns the teacher's features too. Each member computes
+the arithmetic of its sequential run (`train.train_and_evaluate`): on one device its
 parameters, metrics and results are bit for bit the sequential run's (same convolution,
-same teacher computation, the learning-rate scale applied to the scalar rate).
+same teacher computation, its distiller the sequential one with its own weights, the
+learning-rate scale applied to the scalar rate).
 
 Each member keeps its own workdir as a sequential run would (config.json, metrics.jsonl,
 TensorBoard, best/, teacher/ for scratch, results.json); the population's training
@@ -40,10 +47,15 @@ from oracle_jax import checkpoints, conv, data, errors, fileio, methods, metrics
 from oracle_jax import models, optim, oracle, parallel, patch_conv, preemption, train, validation
 from oracle_jax import workdirs
 
-# Settings a member may choose freely; every other config key must agree across members.
-MEMBER_KEYS = ('seed', 'method', 'oracle.enabled', 'oracle.gamma', 'alpha', 'ce_weight',
-               'temperature', 'optimizer.learning_rate', 'overwrite')
-METHODS = ('kd', 'scratch')
+# Settings a member may choose freely; every other config key must agree across members
+# (`check_members` also requires one distilled method).
+MEMBER_KEYS = ('seed', 'method', 'oracle.enabled', 'oracle.gamma', 'ce_weight',
+               'optimizer.learning_rate', 'overwrite',
+               *dict.fromkeys(key for fields in methods.MEMBER_FIELDS.values()
+                              for key in fields.values()))
+METHODS = (*methods.METHODS, 'scratch')
+# What a scratch member logs (its sequential run has no teacher and no distillation terms).
+SCRATCH_METRICS = ('ce', 'loss', 'accuracy', 'grad_norm', 'learning_rate')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,14 +72,14 @@ def compatibility_key(config):
     *path, leaf = key.split('.')
     node = flat
     for p in path:
-      node = node[p]
+      node = node.get(p, {})
     node.pop(leaf, None)
   return json.dumps(flat, sort_keys=True)
 
 
 def supported(config):
-  """Whether `config` can be a population member: a KD-family method, whole batches, one
-  process (a population's batches are stacked on one host)."""
+  """Whether `config` can be a population member: a distillation method or scratch, whole
+  batches, one process (a population's batches are stacked on one host)."""
   return (config.method in METHODS and config.grad_accum_steps == 1
           and jax.process_count() == 1)
 
@@ -80,14 +92,36 @@ def _oracle(config):
   return _distilled(config) and bool(config.oracle.enabled)
 
 
+def distilled_method(configs):
+  """The method the distilled members of `configs` share (None if all are scratch)."""
+  return next((c.method for c in configs if _distilled(c)), None)
+
+
+def member_fields(configs):
+  """{distiller field: f32[P]}: each member's value of the traced fields of the shared
+  method (`methods.MEMBER_FIELDS`), as its sequential run's distiller holds it; a scratch
+  member takes the first distilled member's, its loss weights 0."""
+  method = distilled_method(configs)
+  if method is None:
+    return {}
+  reference = methods.get(next(c for c in configs if _distilled(c)))
+  def value(config, field):
+    if _distilled(config):
+      return getattr(methods.get(config), field)
+    return 0.0 if field in methods.LOSS_WEIGHTS[method] else getattr(reference, field)
+  return {field: np.asarray([value(c, field) for c in configs], np.float32)
+          for field in methods.MEMBER_FIELDS[method]}
+
+
 def plan(configs, base_learning_rate=None):
   """`(seeds, arrays)`: the distinct data seeds (batch d comes from `seeds[d]`) and the
   arrays the step reads: each member's batch, scalars (the learning rate relative to
-  `base_learning_rate`, that of the shared schedule; default the first member's) and rows
-  of the teacher's logits table (`teacher_logits`), whose parts are computed only where a
-  member needs them: the teacher's plain forward on each batch of a KD member, its input
-  gradient (and the logits of that pass) on each batch of an oracle member, and its
-  forward on x* of each distinct (batch, γ)."""
+  `base_learning_rate`, that of the shared schedule; default the first member's; the CE
+  weight; the distiller's fields, `member_fields`) and rows of the teacher's tables
+  (`teacher_signals`), whose parts are computed only where a member needs them: the
+  teacher's plain forward on each batch of a non-oracle member, its forward on x* of each
+  distinct (batch, γ) of an oracle member, and its input gradient (and the logits of that
+  pass) on each batch of an oracle member."""
   seeds = list(dict.fromkeys(int(c.seed) for c in configs))
   batch_of = lambda c: seeds.index(int(c.seed))
   plain = list(dict.fromkeys(batch_of(c) for c in configs if _distilled(c) and not _oracle(c)))
@@ -95,12 +129,13 @@ def plan(configs, base_learning_rate=None):
   signals = list(dict.fromkeys((batch_of(c), float(c.oracle.gamma)) for c in configs
                                if _oracle(c)))
   # A member's rows: its distillation target and its teacher-on-x logits (for metrics).
-  # Scratch members read row 0, which exists whenever a teacher does, and ignore it.
+  # Scratch members read row 0, a target (features included) whenever a teacher exists,
+  # and weight it 0.
   target_rows, x_rows = [], []
   for c in configs:
     if _oracle(c):
-      target_rows.append(len(plain) + len(grad) + signals.index((batch_of(c), float(c.oracle.gamma))))
-      x_rows.append(len(plain) + grad.index(batch_of(c)))
+      target_rows.append(len(plain) + signals.index((batch_of(c), float(c.oracle.gamma))))
+      x_rows.append(len(plain) + len(signals) + grad.index(batch_of(c)))
     else:
       row = plain.index(batch_of(c)) if _distilled(c) else 0
       target_rows.append(row)
@@ -114,34 +149,37 @@ def plan(configs, base_learning_rate=None):
       plain_batch=i32(plain), gradient_batch=i32(grad),
       oracle_gradient=i32([grad.index(b) for b, _ in signals]),
       oracle_gamma=f32([g for _, g in signals]).reshape(-1),
-      alpha=f32([c.alpha if _distilled(c) else 0.0 for c in configs]),
+      distiller=member_fields(configs),
       ce_weight=f32([c.ce_weight if _distilled(c) else 1.0 for c in configs]),
-      temperature=f32([c.temperature for c in configs]),
       learning_rate_scale=f32([c.optimizer.learning_rate / base_lr for c in configs]))
   return seeds, arrays
 
 
 # -------------------------------------------------------------------------------- step
 
-def teacher_logits(teacher, teacher_variables, x, labels, arrays, *, oracle_steps,
-                   reference_batch_size, member_loop='vmap'):
-  """The teacher's logits table (rows as `plan` lays them out): its plain forward on
-  each batch `plain_batch` names, then the logits of its input-gradient pass on each
-  batch `gradient_batch` names, then its forward on x* of each (batch, γ). Each part is
-  the computation a sequential run does for that member (a plain forward for KD, the
-  oracle's pass for oracle KD), so members get their sequential run's logits exactly.
-  The batches go through the teacher as `member_loop` says (see `over_members`)."""
+def teacher_signals(teacher, teacher_variables, x, labels, arrays, *, with_features,
+                    oracle_steps, reference_batch_size, member_loop='vmap'):
+  """`(logits, features)`: the teacher's tables, rows as `plan` lays them out. The
+  targets come first: its forward on each batch `plain_batch` names, then its forward on
+  x* of each (batch, γ); then the logits of its input-gradient pass on each batch
+  `gradient_batch` names (for metrics). `features` (None unless `with_features`) has a
+  row per target, from the same forward as its logits. Each part is the computation a
+  sequential run does for that member (`steps.teacher_signal`: a plain forward, or the
+  oracle's pass and one forward on x*, with the same `return_features`), so members get
+  their sequential run's signals exactly. The batches go through the teacher as
+  `member_loop` says (see `over_members`)."""
   logits_fn = functools.partial(teacher.apply, teacher_variables, train=False)
+  target_fn = functools.partial(logits_fn, return_features=with_features)
   each = lambda fn, *args: over_members(fn, member_loop, *args)
-  parts = []
+  targets, gradient_logits = [], []
   if arrays['plain_batch'].shape[0]:
-    parts.append(each(logits_fn, x[arrays['plain_batch']]))
+    targets.append(each(target_fn, x[arrays['plain_batch']]))
   if arrays['gradient_batch'].shape[0]:
     gradient = functools.partial(oracle.input_gradient, logits_fn,
                                  reference_batch_size=reference_batch_size)
     x_g, labels_g = x[arrays['gradient_batch']], labels[arrays['gradient_batch']]
     grads, logits_x = each(gradient, x_g, labels_g)  # one input gradient per batch
-    parts.append(logits_x)
+    gradient_logits.append(logits_x)
     which = arrays['oracle_gradient']
     gamma = arrays['oracle_gamma'].reshape(-1, *([1] * (x.ndim - 1)))
     x_star, grad = x_g[which], grads[which]
@@ -149,37 +187,44 @@ def teacher_logits(teacher, teacher_variables, x, labels, arrays, *, oracle_step
       if step:  # later steps start from each γ's own iterate
         grad, _ = each(gradient, x_star, labels_g[which])
       x_star = oracle.reinforce_update(x_star, grad, gamma)
-    parts.append(each(logits_fn, x_star))
-  return jax.lax.stop_gradient(jnp.concatenate(parts))
+    targets.append(each(target_fn, x_star))
+  targets = jax.tree.map(lambda *parts: jnp.concatenate(parts), *targets)
+  logits, features = targets if with_features else (targets, None)
+  return jax.lax.stop_gradient((jnp.concatenate([logits, *gradient_logits]), features))
 
 
 def population_step(state, teacher_variables, batch, arrays, *, student, teacher, spec,
-                    learning_rate_fn, make_optimizer, steps_per_epoch, oracle_steps, reference_batch_size,
-                    label_smoothing, member_loop='vmap'):
+                    learning_rate_fn, make_optimizer, steps_per_epoch, oracle_steps,
+                    reference_batch_size, label_smoothing, member_loop='vmap',
+                    distiller=methods.KD(alpha=1.0, temperature=4.0)):
   """One optimizer step of every member. `state`: TrainStates stacked on a leading
   member axis [P]; `batch`: the distinct batches stacked, [D, B, …]; `arrays`: `plan`'s;
-  `member_loop`: see `over_members`; `make_optimizer`: the members' optimizer of a learning-rate
-  schedule. Returns the new state and metrics of shape [P]."""
+  `distiller`: the shared method's (`methods.get` of a distilled member; unused without a
+  teacher), each member's own fields (`arrays['distiller']`) replacing its traced ones;
+  `member_loop`: see `over_members`; `make_optimizer`: the members' optimizer of a learning-rate schedule.
+  Returns the new state and metrics of shape [P]."""
   x = data.normalize(batch['image'], spec)
   labels = batch['label']
   member_x, member_labels = x[arrays['batch']], labels[arrays['batch']]
-  metrics, member_teacher = {}, None
+  metrics, member_logits, member_features = {}, None, None
   if teacher is not None:
-    table = teacher_logits(teacher, teacher_variables, x, labels, arrays,
-                           oracle_steps=oracle_steps, reference_batch_size=reference_batch_size,
-                           member_loop=member_loop)
-    member_teacher = table[arrays['teacher_row']]
+    logits, features = teacher_signals(
+        teacher, teacher_variables, x, labels, arrays, with_features=distiller.needs_features,
+        oracle_steps=oracle_steps, reference_batch_size=reference_batch_size,
+        member_loop=member_loop)
+    member_logits = logits[arrays['teacher_row']]
+    member_features = jax.tree.map(lambda f: f[arrays['teacher_row']], features)
     by_member = jax.vmap(steps.accuracy)
-    metrics = {'teacher_accuracy': by_member(table[arrays['teacher_x_row']], member_labels),
-               'oracle_accuracy': by_member(member_teacher, member_labels)}
+    metrics = {'teacher_accuracy': by_member(logits[arrays['teacher_x_row']], member_labels),
+               'oracle_accuracy': by_member(member_logits, member_labels)}
 
-  def member_step(state, x, labels, t_logits, alpha, ce_weight, temperature, lr_scale):
+  def member_step(state, x, labels, t_logits, t_features, fields, ce_weight, lr_scale):
     epoch = jnp.floor(state.step / steps_per_epoch) + 1
-    distiller = (methods.KD(alpha=alpha, temperature=temperature)
-                 if teacher is not None else None)
+    # The sequential run's distiller with this member's weights: its very loss code.
+    member_distiller = None if teacher is None else dataclasses.replace(distiller, **fields)
     grads, batch_stats, m = steps.student_gradients(
-        state.trainable(), state.batch_stats, x, labels, t_logits, None, epoch,
-        student=student, distiller=distiller, ce_weight=ce_weight,
+        state.trainable(), state.batch_stats, x, labels, t_logits, t_features, epoch,
+        student=student, distiller=member_distiller, ce_weight=ce_weight,
         label_smoothing=label_smoothing)
     # The scale multiplies the scalar learning rate, not the update: at scale 1 every
     # parameter's arithmetic is then that of the sequential run, bit for bit.
@@ -189,37 +234,43 @@ def population_step(state, teacher_variables, batch, arrays, *, student, teacher
     return steps.apply_gradients(state, grads, batch_stats, tx), m
 
   state, member_metrics = over_members(
-      member_step, member_loop, state, member_x, member_labels, member_teacher,
-      arrays['alpha'], arrays['ce_weight'], arrays['temperature'], arrays['learning_rate_scale'])
+      member_step, member_loop, state, member_x, member_labels, member_logits, member_features,
+      arrays['distiller'], arrays['ce_weight'], arrays['learning_rate_scale'])
   return state, {**metrics, **member_metrics}
 
 
 def over_members(fn, member_loop, *args):
   """`fn` of each member's slice of `args` (leading axis): 'vmap' batches the members'
-  computations; 'map' (`lax.map`) runs them one after another inside the one program."""
+  computations; 'map' (`lax.map`) runs them one after another inside the one program,
+  in a loop; 'unroll' too, each member's computation written out (no loop)."""
   if member_loop == 'map':
     return jax.lax.map(lambda a: fn(*a), args)
+  if member_loop == 'unroll':
+    return jax.lax.scan(lambda _, a: (None, fn(*a)), None, args, unroll=True)[1]
   return jax.vmap(fn)(*args)
 
 
-def member_loop_for(mesh):
+def member_loop_for(mesh, distiller=None):
   """'map' on one CPU device, 'vmap' elsewhere. On CPU a vmapped student is no faster
   than its members one by one (batched matrix products and grouped convolutions run
   ~2x slower per member than single ones, benchmarks/README.md), while `lax.map` keeps
   each member's own fast kernels and still pays dispatch, host loop and teacher once;
-  accelerators and several devices (members split over them) batch well."""
+  accelerators and several devices (members split over them) batch well. A FitNet
+  population on one CPU device unrolls its members instead: XLA's CPU compiles a stock
+  convolution (the regressor's) inside a loop to other arithmetic than outside it, where
+  the sequential run has it (the models' `patch_conv` is the same in both); unrolling
+  costs compile time, one copy of the step per member."""
   one_cpu = jax.default_backend() == 'cpu' and mesh.shape['member'] == 1
-  return 'map' if one_cpu else 'vmap'
+  if not one_cpu:
+    return 'vmap'
+  return 'unroll' if isinstance(distiller, methods.FitNet) else 'map'
 
 
 def member_metric_names(config, names):
   """The metrics a member's sequential run logs, out of the population's `names`."""
-  drop = set()
   if not _distilled(config):
-    drop |= {'kd', 'teacher_accuracy', 'oracle_accuracy'}
-  elif not _oracle(config):
-    drop.add('oracle_accuracy')
-  return [n for n in names if n not in drop]
+    return [n for n in names if n in SCRATCH_METRICS]
+  return [n for n in names if n != 'oracle_accuracy' or _oracle(config)]
 
 
 # ------------------------------------------------------------------------- devices, jit
@@ -290,6 +341,13 @@ def check_members(members):
     if not supported(m.config):
       raise errors.ConfigError(f'Member {m.name!r} (method {m.config.method!r}) cannot join a '
                        f'population: methods {METHODS}, grad_accum_steps 1, one process.')
+  distilled = [m for m in members if _distilled(m.config)]
+  for m in distilled[1:]:
+    if m.config.method != distilled[0].config.method:
+      raise errors.ConfigError(
+          f'Member {m.name!r} distils with {m.config.method!r}, {distilled[0].name!r} with '
+          f'{distilled[0].config.method!r}: a population has one distillation method '
+          '(plus scratch members).')
   key = compatibility_key(members[0].config)
   for m in members[1:]:
     if compatibility_key(m.config) != key:
@@ -384,11 +442,13 @@ def _train(members, configs, reference, run, data_teacher, pmesh, devices, membe
   teacher = (member_model(reference.teacher, reference, run.spec, len(devices))
              if run.teacher else None)
   train_step = jit_population_step(
-      pmesh, run.compiler_options, student=student, teacher=teacher, spec=run.spec,
+      pmesh, run.compiler_options, student=student, teacher=teacher, distiller=run.distiller,
+      spec=run.spec,
       learning_rate_fn=run.lr_fn, make_optimizer=functools.partial(optim.make_optimizer, reference),
       steps_per_epoch=run.steps_per_epoch, oracle_steps=reference.oracle.steps,
       reference_batch_size=reference.oracle.reference_batch_size,
-      label_smoothing=reference.label_smoothing, member_loop=member_loop_for(pmesh))
+      label_smoothing=reference.label_smoothing,
+      member_loop=member_loop_for(pmesh, run.distiller))
   eval_step = jit_population_eval(pmesh, run.compiler_options, member_loop_for(pmesh),
                                   model=student, spec=run.spec)
   batch_sharding = NamedSharding(pmesh, P(None, 'data'))

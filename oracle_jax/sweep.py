@@ -64,8 +64,8 @@ def variant_config(config, name, seed):
 def run_grid(config, workdir, names, seeds, population='auto', mesh=None):
   """Trains every (name, seed) in `workdir/<name>_seed<seed>` (each resumable); returns
   `{name: [results per seed]}`. `population='auto'` trains the variants that can share
-  one program (`population.compatibility_key`) as one vmapped population; 'off', and
-  variants that cannot, run one after another (seeds of one variant share a compilation).
+  one program (`population_groups`) as one vmapped population; 'off', and variants that
+  cannot, run one after another (seeds of one variant share a compilation).
   Either way each run's results are its own (on one device, bit for bit the same). `mesh`:
   the devices (default all)."""
   if population not in POPULATION_MODES:
@@ -83,13 +83,8 @@ def run_grid(config, workdir, names, seeds, population='auto', mesh=None):
           config.temperature, method)
   runs = [(name, seed, variant_config(config, name, seed)) for name in names for seed in seeds]
   results = {}
-  groups = {}
-  for name, seed, c in runs:
-    key = population_lib.compatibility_key(c) if (
-        population == 'auto' and population_lib.supported(c)) else (name, seed)
-    groups.setdefault(key, []).append((name, seed, c))
   compiled = {}
-  for members in groups.values():
+  for members in population_groups(runs, population == 'auto'):
     if len(members) > 1:
       population_members = [population_lib.Member(f'{name}_seed{seed}', c,
                                                   workdir / f'{name}_seed{seed}')
@@ -104,6 +99,25 @@ def run_grid(config, workdir, names, seeds, population='auto', mesh=None):
     results[name, seed] = train.train_and_evaluate(
         c, workdir / f'{name}_seed{seed}', run=compiled[name])
   return {name: [results[name, seed] for seed in seeds] for name in names}
+
+
+def population_groups(runs, share):
+  """`runs` ((name, seed, config) triples) in groups, one population each: with `share`,
+  the compatible runs (`population.compatibility_key`) of one distilled method, scratch
+  runs joining the first such group; otherwise, and for unsupported runs, one run each."""
+  key_of = lambda c: population_lib.compatibility_key(c) if (
+      share and population_lib.supported(c)) else None
+  first_method = {}  # compatibility key → the first distilled method with it
+  for _, _, c in runs:
+    if key_of(c) is not None and c.method != 'scratch':
+      first_method.setdefault(key_of(c), c.method)
+  groups = {}
+  for name, seed, c in runs:
+    key = key_of(c)
+    group = (name, seed) if key is None else (key, first_method.get(key, c.method) if
+                                              c.method == 'scratch' else c.method)
+    groups.setdefault(group, []).append((name, seed, c))
+  return list(groups.values())
 
 
 def population_name(members):

@@ -74,18 +74,18 @@ def test_plan_shares_batches_and_oracle_inputs(mixed):
   seeds, arrays = population.plan(list(mixed.values()))
   assert seeds == [0, 1]
   np.testing.assert_array_equal(arrays['batch'], [0, 0, 1, 1])
-  # The teacher's table: row 0 its plain forward on batch 0 (the KD member's); rows 1-2 its
-  # input-gradient pass on batches 0 and 1 (the oracle members'); row 3 x* of (batch 0,
-  # γ 5), row 4 x* of (batch 1, γ 1). Nothing else: batch 1 has no KD member.
+  # The teacher's table: row 0 its plain forward on batch 0 (the KD member's); row 1 x* of
+  # (batch 0, γ 5), row 2 x* of (batch 1, γ 1); rows 3-4 its input-gradient pass on
+  # batches 0 and 1 (the oracle members'). Nothing else: batch 1 has no KD member.
   np.testing.assert_array_equal(arrays['plain_batch'], [0])
   np.testing.assert_array_equal(arrays['gradient_batch'], [0, 1])
   np.testing.assert_array_equal(arrays['oracle_gradient'], [0, 1])
   np.testing.assert_allclose(arrays['oracle_gamma'], [5.0, 1.0])
-  np.testing.assert_array_equal(arrays['teacher_row'], [0, 3, 4, 0])
-  np.testing.assert_array_equal(arrays['teacher_x_row'], [0, 1, 2, 0])
-  np.testing.assert_allclose(arrays['alpha'], [1.0, 1.0, 0.5, 0.0])
+  np.testing.assert_array_equal(arrays['teacher_row'], [0, 1, 2, 0])
+  np.testing.assert_array_equal(arrays['teacher_x_row'], [0, 3, 4, 0])
+  np.testing.assert_allclose(arrays['distiller']['alpha'], [1.0, 1.0, 0.5, 0.0])
   np.testing.assert_allclose(arrays['ce_weight'], [1.0, 1.0, 1.0, 1.0])
-  np.testing.assert_allclose(arrays['temperature'], [4.0, 4.0, 2.0, 4.0])
+  np.testing.assert_allclose(arrays['distiller']['temperature'], [4.0, 4.0, 2.0, 4.0])
   np.testing.assert_allclose(arrays['learning_rate_scale'], [1.0, 1.0, 2.0, 1.0])
 
 
