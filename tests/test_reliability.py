@@ -103,7 +103,7 @@ def _bad_cases(digits_data_dir, digits_teacher_dir, tmp_path):
       ({'train_steps': -1}, r'train_steps must be an integer >= 0'),
       ({'train_steps': 0, 'num_epochs': 0.0}, r'num_epochs must be > 0 when train_steps is 0'),
       ({'dtype': 'float16'}, r"dtype must be one of \('float32', 'bfloat16'\)"),
-      ({'conv_impl': 'winograd'}, r"conv_impl must be one of \('auto', 'default', 'chunked', 'cpu'\)"),
+      ({'conv_impl': 'winograd'}, r"conv_impl must be one of \('auto', 'default', 'chunked', 'cpu', 'patch'\)"),
       ({'optimizer.learning_rate': 0.0}, r'optimizer.learning_rate must be a number > 0'),
       ({'method': 'kd'}, r'needs a teacher: set --config.teacher.checkpoint'),
       ({**kd, 'teacher.checkpoint': str(tmp_path / 'absent')},
