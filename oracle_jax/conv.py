@@ -249,6 +249,11 @@ CPU_TUNED = ('chunked', 'cpu', 'patch')  # the names that go with CPU_COMPILER_O
 # 'patch': at 8×8 patches × kernel is 1.4–2× faster than XLA's convolutions, at 32×32 2.8×
 # slower (benchmarks/README.md).
 PATCH_MAX_PIXELS = 16 * 16
+
+
+def patch_sized(image_shape) -> bool:
+  """Whether images of `image_shape` (H, W, …) are small enough for 'patch' on CPU."""
+  return image_shape is not None and np.prod(image_shape[:2]) <= PATCH_MAX_PIXELS
 NAMES = ('auto',) + tuple(IMPLEMENTATIONS)
 
 # XLA:CPU runs its YNNPACK convolution kernels on one thread, so a training step uses
@@ -278,8 +283,7 @@ def resolve(name: str, backend: Optional[str] = None, device_count: Optional[int
     device_count = jax.device_count() if device_count is None else device_count
     if backend != 'cpu' or device_count != 1:
       return 'default'
-    tiny = image_shape is not None and np.prod(image_shape[:2]) <= PATCH_MAX_PIXELS
-    return 'patch' if tiny else 'cpu'
+    return 'patch' if patch_sized(image_shape) else 'cpu'
   return name
 
 

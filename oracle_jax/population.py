@@ -283,8 +283,8 @@ def member_model(model_config, config, spec, device_count):
   grouped convolutions ~10x slower than alone, inside `lax.map` the stock ones too
   (benchmarks/README.md). The parameters are the same whatever the convolution."""
   conv_impl, _ = conv.choose(config.conv_impl, device_count, image_shape=spec.image_shape)
-  tiny = np.prod(spec.image_shape[:2]) <= conv.PATCH_MAX_PIXELS
-  if jax.default_backend() == 'cpu' and tiny and config.conv_impl == 'auto':
+  if (jax.default_backend() == 'cpu' and conv.patch_sized(spec.image_shape)
+      and config.conv_impl == 'auto'):
     conv_impl = patch_conv.patch_conv
   return models.create(model_config.model, spec.num_classes,
                        **train.model_kwargs(model_config, config.dtype, conv_impl))

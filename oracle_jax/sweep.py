@@ -44,8 +44,13 @@ def gamma_of(name):
 
 def with_gammas(names, gammas):
   """Each oracle variant once per γ (`--gammas`): a γ search in one grid."""
-  return [f'{n}{GAMMA}{float(g):g}' if n.startswith('oracle_') and g is not None else n
-          for n in names for g in (gammas if n.startswith('oracle_') and gammas else [None])]
+  out = []
+  for name in names:
+    if name.startswith('oracle_') and gammas:
+      out += [f'{name}{GAMMA}{float(g):g}' for g in gammas]
+    else:
+      out.append(name)
+  return out
 
 
 POPULATION_MODES = ('auto', 'off')
