@@ -38,11 +38,7 @@ _SELECT_GAMMA = flags.DEFINE_bool('select_gamma', False, 'Print and write the '
                                   'silhouette-best γ as a --config.oracle.gamma override.')
 _MAX_EXAMPLES = flags.DEFINE_integer('max_examples', 0, '> 0: analyse only the first '
                                      'this many examples of the split.')
-_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
-                                   'Multi-process: HOST:PORT of process 0.')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
-                                      'Multi-process: number of processes.')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: this process index.')
+cli.define_processes()
 
 
 def default_out_dir(teacher):
@@ -60,8 +56,8 @@ def main(argv):
     raise errors.UserError(f'Unexpected arguments: {argv[1:]}')
   # Imported here so that --help is instant and flags parse before JAX starts.
   import jax  # pylint: disable=g-import-not-at-top
-  from oracle_jax import analysis, fileio, parallel  # pylint: disable=g-import-not-at-top
-  parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  from oracle_jax import analysis, fileio  # pylint: disable=g-import-not-at-top
+  cli.initialize_processes()
   config = flags.FLAGS.config
   if config is None:
     raise errors.UserError('--config is required, e.g. --config=configs/default.py.')

@@ -20,9 +20,7 @@ cli.define_config(f'Experiment configuration file (path[:arg]); default {_DEFAUL
 flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config name>).')
 flags.DEFINE_bool('dry_run', False, 'Validate config, data, teacher and devices, print the '
                   'plan, and exit without training or writing anything.')
-flags.DEFINE_string('coordinator_address', None, 'Multi-process: HOST:PORT of process 0.')
-flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
-flags.DEFINE_integer('process_id', None, 'Multi-process: this process index.')
+cli.define_processes()
 FLAGS = flags.FLAGS
 
 
@@ -36,8 +34,8 @@ def main(argv):
   if len(argv) > 1:
     raise errors.UserError(f'Unexpected arguments: {argv[1:]}')
   # Imported here so that --help is instant and flags parse before JAX starts.
-  from oracle_jax import parallel, train  # pylint: disable=g-import-not-at-top
-  parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  from oracle_jax import train  # pylint: disable=g-import-not-at-top
+  cli.initialize_processes()
   config, workdir = FLAGS.config, FLAGS.workdir or default_workdir()
   if FLAGS.dry_run:
     run, _ = train.prepare(config)

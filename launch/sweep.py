@@ -10,13 +10,19 @@ Each run lives in WORKDIR/<method>_seed<seed> and resumes if interrupted (with
 vmapped population, checkpointed in WORKDIR/populations/); the table
 (last- and best-epoch top-1, mean ± std over seeds, paired difference from --baseline) is
 printed and written to WORKDIR/sweep.md and WORKDIR/sweep.csv.
+
+On a pod or cluster every process runs the same command (launch/tpu_pod.sh sweep,
+launch/slurm.sh sweep): a population's members are then split over the processes'
+devices, each process reading every member's batches.
 """
+import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from oracle_jax import cli, errors  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -32,6 +38,9 @@ flags.DEFINE_enum('population', 'auto', ['auto', 'off'],
                   'or without the oracle, plus scratch; same models, data and schedule) train '
                   'as one vmapped population; off: one run after another. '
                   'The table is the same either way.')
+flags.DEFINE_bool('dry_run', False, 'Validate config, data, teacher and devices, print the '
+                  'plan (sizes, and the runs each population holds), and exit.')
+cli.define_processes()
 FLAGS = flags.FLAGS
 
 
@@ -40,15 +49,22 @@ def main(argv):
     raise errors.UserError(f'Unexpected arguments: {argv[1:]}')
   if FLAGS.config is None:
     raise errors.UserError('--config is required, e.g. --config=configs/default.py.')
-  from oracle_jax import fileio, sweep  # pylint: disable=g-import-not-at-top
   try:
     gammas = [float(g) for g in FLAGS.gammas]
   except ValueError:
     raise errors.UserError(f'--gammas must be numbers, got {FLAGS.gammas}.') from None
-  results = sweep.run_grid(FLAGS.config, FLAGS.workdir, sweep.with_gammas(FLAGS.methods, gammas),
-                           [int(s) for s in FLAGS.seeds], population=FLAGS.population)
+  import jax  # pylint: disable=g-import-not-at-top
+  from oracle_jax import fileio, sweep  # pylint: disable=g-import-not-at-top
+  cli.initialize_processes()
+  grid = (FLAGS.config, sweep.with_gammas(FLAGS.methods, gammas), [int(s) for s in FLAGS.seeds])
+  if FLAGS.dry_run:
+    print(json.dumps(sweep.plan(*grid, population=FLAGS.population), indent=2))
+    return
+  results = sweep.run_grid(grid[0], FLAGS.workdir, *grid[1:], population=FLAGS.population)
   rows = sweep.summarize(results, FLAGS.baseline)
   table = sweep.markdown(rows, FLAGS.baseline)
+  if jax.process_index():  # every process has the results; process 0 reports them
+    return
   print(table)
   workdir = fileio.path(FLAGS.workdir)
   fileio.write_text(workdir / 'sweep.md', table + '\n')
@@ -56,4 +72,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  logging.set_verbosity(logging.WARNING)  # orbax is very chatty at INFO
   cli.run(main)

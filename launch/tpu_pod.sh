@@ -5,11 +5,13 @@
 #   launch/tpu_pod.sh create      # create the slice
 #   launch/tpu_pod.sh setup       # copy this repository to every host, install requirements
 #   launch/tpu_pod.sh run --config=configs/imagenet_r34_r18.py --workdir=gs://BUCKET/runs/r34_r18
+#   launch/tpu_pod.sh sweep --config=configs/cifar.py:resnet56,resnet20 --workdir=gs://BUCKET/sweep
 #   launch/tpu_pod.sh delete
 #
 # `run` passes its arguments to launch/main.py unchanged, in order (quoting and spaces
 # kept), followed by --config.data_dir=$DATA_DIR when DATA_DIR is set and the arguments
-# give no --config.data_dir. Rerunning the same `run` resumes from the workdir.
+# give no --config.data_dir; `sweep` does the same with launch/sweep.py (a grid of runs,
+# populations split over the slice). Rerunning the same command resumes from the workdir.
 # Settings (environment): TPU_NAME, ZONE, ACCELERATOR (e.g. v4-32), VERSION (TPU VM
 # runtime), DATA_DIR (TFDS data dir, e.g. gs://BUCKET/tensorflow_datasets), PYTHON on the
 # hosts (python3); DRY_RUN=1 prints the gcloud commands instead of running them.
@@ -71,8 +73,11 @@ case "${1:-}" in
   run)
     shift
     on_every_host "cd $REMOTE_REPO && $PYTHON launch/main.py$(main_arguments "$@")" ;;
+  sweep)
+    shift
+    on_every_host "cd $REMOTE_REPO && $PYTHON launch/sweep.py$(main_arguments "$@")" ;;
   delete)
     gcloud_ compute tpus tpu-vm delete "$TPU_NAME" --zone="$ZONE" --quiet ;;
   *)
-    sed -n '2,16p' "$0"; exit 2 ;;
+    sed -n '2,18p' "$0"; exit 2 ;;
 esac

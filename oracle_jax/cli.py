@@ -26,6 +26,21 @@ def define_config(help_text='Experiment configuration file (path[:arg]).'):
   config_flags.DEFINE_config_file('config', None, help_text, lock_config=True)
 
 
+def define_processes():
+  """Flags that start a multi-process run by hand (`parallel.initialize`); clusters that
+  JAX detects (TPU VM slices, SLURM, …) need none."""
+  flags.DEFINE_string('coordinator_address', None, 'Multi-process: HOST:PORT of process 0.')
+  flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
+  flags.DEFINE_integer('process_id', None, 'Multi-process: this process index.')
+
+
+def initialize_processes():
+  """Starts the multi-process runtime per `define_processes`' flags or the cluster."""
+  from oracle_jax import parallel  # pylint: disable=g-import-not-at-top  (imports JAX)
+  f = flags.FLAGS
+  parallel.initialize(f.coordinator_address, f.num_processes, f.process_id)
+
+
 def run(main, default_config=None):
   """`app.run(main)` with one-line user errors, flag and config mistakes included."""
   def main_with_one_line_errors(argv):

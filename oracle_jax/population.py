@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from oracle_jax import checkpoints, conv, data, errors, fileio, methods, metrics_io, steps
@@ -79,9 +80,11 @@ def compatibility_key(config):
 
 def supported(config):
   """Whether `config` can be a population member: a distillation method or scratch, whole
-  batches, one process (a population's batches are stacked on one host)."""
+  batches (no gradient accumulation) and, on several processes, a dataset held in memory
+  (each process reads every member's whole batches: `data.train_iterator`'s
+  `whole_batches`; a streamed dataset's stream is per process)."""
   return (config.method in METHODS and config.grad_accum_steps == 1
-          and jax.process_count() == 1)
+          and (jax.process_count() == 1 or not data.dataset_spec(config.dataset).streamed))
 
 
 def _distilled(config):
@@ -292,7 +295,9 @@ def member_model(model_config, config, spec, device_count):
 
 def make_mesh(population_size, devices=None):
   """A 2-D mesh (member × data): the population is split over as many devices as
-  divide it, and each member's batch over the rest."""
+  divide it, and each member's batch over the rest. Devices come in process order, so
+  the members go over the processes and a member's batch over devices of one process
+  where they fit."""
   devices = np.asarray(jax.devices() if devices is None else devices)
   members = math.gcd(population_size, devices.size)
   return Mesh(devices.reshape(members, devices.size // members), ('member', 'data'))
@@ -304,12 +309,12 @@ def member_sharding(mesh):
 
 def jit_population_step(mesh, compiler_options=None, **kwargs):
   """The population step jitted once: members sharded on `member`, each batch on `data`,
-  state donated."""
+  state donated; the metrics [P] come back replicated, readable on every process."""
   members, replicated = member_sharding(mesh), NamedSharding(mesh, P())
   return jax.jit(functools.partial(population_step, **kwargs),
                  in_shardings=(members, replicated, NamedSharding(mesh, P(None, 'data')),
                                replicated),
-                 out_shardings=(members, members), donate_argnums=(0,),
+                 out_shardings=(members, replicated), donate_argnums=(0,),
                  compiler_options=compiler_options or None)
 
 
@@ -318,7 +323,19 @@ def jit_population_eval(mesh, compiler_options=None, member_loop='vmap', **kwarg
   def step(variables, batch):
     return over_members(lambda v: steps.eval_step(v, batch, **kwargs), member_loop, variables)
   return jax.jit(step, in_shardings=(member_sharding(mesh), NamedSharding(mesh, P('data'))),
-                 out_shardings=member_sharding(mesh), compiler_options=compiler_options or None)
+                 out_shardings=NamedSharding(mesh, P()), compiler_options=compiler_options or None)
+
+
+def put(tree, sharding):
+  """Host arrays, whole on every process, as global arrays of `sharding`: each process
+  places the parts its own devices hold (on one process, `jax.device_put`)."""
+  return jax.tree.map(
+      lambda a: jax.make_array_from_callback(a.shape, sharding, lambda index: a[index]), tree)
+
+
+def fetch(tree):
+  """Global arrays (a member-sharded state) whole on every process, as numpy."""
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def stack(trees):
@@ -340,7 +357,8 @@ def check_members(members):
   for m in members:
     if not supported(m.config):
       raise errors.ConfigError(f'Member {m.name!r} (method {m.config.method!r}) cannot join a '
-                       f'population: methods {METHODS}, grad_accum_steps 1, one process.')
+                       f'population: methods {METHODS}, grad_accum_steps 1, on several processes '
+                       'a dataset held in memory (not a streamed one).')
   distilled = [m for m in members if _distilled(m.config)]
   for m in distilled[1:]:
     if m.config.method != distilled[0].config.method:
@@ -358,11 +376,11 @@ def check_members(members):
 def evaluate(run, mesh, eval_step, variables, size):
   """Per-member rates over the eval split (as `train.evaluate`, with a member axis)."""
   batches = data.eval_iterator(run.spec, data_dir=run.data_dir,
-                               global_batch_size=run.config.eval_batch_size)
+                               global_batch_size=run.config.eval_batch_size, whole_batches=True)
   sharding = NamedSharding(mesh, P('data'))
   totals = None
   for batch in batches:
-    sums = eval_step(variables, jax.device_put(batch, sharding))
+    sums = eval_step(variables, put(batch, sharding))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   counts = totals.pop('count')
@@ -426,14 +444,13 @@ def _train(members, configs, reference, run, data_teacher, pmesh, devices, membe
   manager = checkpoints.TrainCheckpoints(directory / 'checkpoints', keep=reference.keep_checkpoints)
 
   seeds, arrays = plan(configs, reference.optimizer.learning_rate)
-  state = jax.device_put(stack([run.init_state(c.seed) for c in configs]),
-                         member_sharding(pmesh))
+  state = put(stack([run.init_state(c.seed) for c in configs]), member_sharding(pmesh))
   state, meta = manager.restore_latest(state)
   size = len(members)
   best_top1 = meta.get('best_top1', [0.0] * size)
   last_eval = meta.get('last_eval', [{}] * size)
   train_loss = meta.get('train_loss', [float('nan')] * size)
-  start = int(state.step[0])
+  start = int(fetch(state.step)[0])
   if start:
     logging.warning('Resuming the population from step %d in %s', start, directory)
 
@@ -457,7 +474,8 @@ def _train(members, configs, reference, run, data_teacher, pmesh, devices, membe
              for d in member_dirs]
   iterators = [data.train_iterator(run.spec, data_dir=run.data_dir,
                                    global_batch_size=reference.batch_size, seed=seed,
-                                   start_step=start, train_examples=reference.train_examples)
+                                   start_step=start, train_examples=reference.train_examples,
+                                   whole_batches=True)
                for seed in seeds]
   eval_every = int(round(reference.eval_every_epochs * run.steps_per_epoch))
   pending = []
@@ -477,8 +495,8 @@ def _train(members, configs, reference, run, data_teacher, pmesh, devices, membe
       if step == start + 1:
         for b in host:
           validation.check_batch(b, run.spec)
-      batch = jax.device_put({k: np.stack([b[k] for b in host]) for k in ('image', 'label')},
-                             batch_sharding)
+      batch = put({k: np.stack([b[k] for b in host]) for k in ('image', 'label')},
+                  batch_sharding)
       state, metrics = train_step(state, teacher_variables, batch, arrays)
       pending.append((step, metrics))
       stop = preemption_notice.reached(step)
@@ -492,7 +510,7 @@ def _train(members, configs, reference, run, data_teacher, pmesh, devices, membe
           writer.write_eval(step, last_eval[i])
           if last_eval[i]['top1'] > best_top1[i]:
             best_top1[i] = last_eval[i]['top1']
-            variables = variables or jax.device_get(state.variables())
+            variables = variables or fetch(state.variables())
             checkpoints.save_model(member_dirs[i] / 'best', unstack(variables, i), step=step,
                                    **train._model_meta(m.config, run, top1=best_top1[i]))  # pylint: disable=protected-access
       if every(step, reference.checkpoint_every_steps) or stop:
@@ -529,7 +547,7 @@ def _write_train(members, writers, pending, last_good_step, train_loss):
 
 def _finish(members, member_dirs, run, state, teacher_variables, best_top1, last_eval, train_loss):
   """Each member's final model (scratch members keep theirs as a teacher) and results."""
-  variables = jax.device_get(state.variables())
+  variables = fetch(state.variables())
   teachers = evaluate_teachers(members, run, teacher_variables) if run.teacher else {}
   out = []
   for i, (m, workdir) in enumerate(zip(members, member_dirs)):

@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 
-from oracle_jax import errors, fileio, parallel, train
+from oracle_jax import errors, fileio, parallel, train, validation
 from oracle_jax import population as population_lib
 
 
@@ -66,6 +66,38 @@ def variant_config(config, name, seed):
   return c
 
 
+def grid(config, names, seeds):
+  """The (name, seed, config) of every run of the grid."""
+  return [(name, seed, variant_config(config, name, seed)) for name in names for seed in seeds]
+
+
+def _check_mode(population):
+  if population not in POPULATION_MODES:
+    raise errors.ConfigError(f'population must be one of {POPULATION_MODES}, got '
+                             f'{population!r}.')
+
+
+def plan(config, names, seeds, population='auto', mesh=None):
+  """What `run_grid` will do, for --dry_run: the checks of a run's dry run (config, data,
+  teacher, devices) and its sizes, then the groups of runs, each a population (with its
+  mesh: members × batch shards) or a lone run."""
+  _check_mode(population)
+  mesh = mesh or parallel.make_mesh()
+  runs = grid(config, names, seeds)
+  for _, _, c in runs:
+    validation.validate_config(c)
+  run, _ = train.prepare(runs[0][2], mesh=mesh)
+  sizes = {k: v for k, v in train.plan(runs[0][2], run).items() if k not in ('method', 'oracle', 'per_device_batch')}
+  groups = []
+  for members in population_groups(runs, population == 'auto'):
+    group = dict(runs=[f'{name}_seed{seed}' for name, seed, _ in members])
+    if len(members) > 1:
+      shape = population_lib.make_mesh(len(members), list(mesh.devices.flat)).devices.shape
+      group['mesh'] = dict(member=shape[0], data=shape[1])
+    groups.append(group)
+  return dict(sizes, runs=len(runs), groups=groups)
+
+
 def run_grid(config, workdir, names, seeds, population='auto', mesh=None):
   """Trains every (name, seed) in `workdir/<name>_seed<seed>` (each resumable); returns
   `{name: [results per seed]}`. `population='auto'` trains the variants that can share
@@ -73,9 +105,7 @@ def run_grid(config, workdir, names, seeds, population='auto', mesh=None):
   cannot, run one after another (seeds of one variant share a compilation).
   Either way each run's results are its own (on one device, bit for bit the same). `mesh`:
   the devices (default all)."""
-  if population not in POPULATION_MODES:
-    raise errors.ConfigError(f'population must be one of {POPULATION_MODES}, got '
-                             f'{population!r}.')
+  _check_mode(population)
   workdir = fileio.path(workdir)
   mesh = mesh or parallel.make_mesh()
   for name in names:
@@ -86,7 +116,7 @@ def run_grid(config, workdir, names, seeds, population='auto', mesh=None):
           'for its own recipe sweep a config built for it (e.g. configs/cifar.py:T,S,'
           'method=%s[,recipe=published]).', name, config.method, config.ce_weight,
           config.temperature, method)
-  runs = [(name, seed, variant_config(config, name, seed)) for name in names for seed in seeds]
+  runs = grid(config, names, seeds)
   results = {}
   compiled = {}
   for members in population_groups(runs, population == 'auto'):

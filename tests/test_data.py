@@ -253,6 +253,26 @@ def test_eval_each_example_once_across_processes():
   np.testing.assert_array_equal(parts[1][2]['mask'], [False, False])
 
 
+def test_whole_batches_on_every_process(data_dir, monkeypatch):
+  """Process 1 of 2 reading whole batches (populations) gets the one-process batches;
+  a streamed dataset, read in per-process shards, cannot be read so."""
+  kwargs = dict(data_dir=data_dir, global_batch_size=64)
+  one_train = _take(data.train_iterator(DIGITS, seed=2, **kwargs), 2)
+  one_eval = list(data.eval_iterator(DIGITS, **kwargs))
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(jax, 'process_index', lambda: 1)
+  half = _take(data.train_iterator(DIGITS, seed=2, **kwargs), 1)[0]
+  assert half['label'].shape == (32,)
+  np.testing.assert_array_equal(half['label'], one_train[0]['label'][32:])
+  _assert_batches_equal(
+      _take(data.train_iterator(DIGITS, seed=2, whole_batches=True, **kwargs), 2), one_train)
+  _assert_batches_equal(list(data.eval_iterator(DIGITS, whole_batches=True, **kwargs)),
+                        one_eval)
+  with pytest.raises(ValueError, match='imagenet2012 is streamed in per-process shards'):
+    data.train_iterator(data.dataset_spec('imagenet2012'), seed=0, whole_batches=True,
+                        **kwargs)
+
+
 def test_batch_not_divisible_by_processes():
   with pytest.raises(ValueError, match='multiple of the number of processes, 3'):
     global_batches.local_batch_size(10, 3)

@@ -15,9 +15,9 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import REPO
+from helpers import REPO, digits_config
 
-from oracle_jax import checkpoints, data, models
+from oracle_jax import checkpoints, data, models, parallel, sweep
 
 _GCLOUD = r'''#!/usr/bin/env bash
 # Stub gcloud: records its arguments; `... ssh ... --command=CMD` runs CMD in $HOME
@@ -130,6 +130,28 @@ def test_tpu_pod_run_passes_arguments_intact(tmp_path, prepared_digits, teacher_
       'compute tpus tpu-vm ssh oracle-jax --zone=us-central2-b --worker=all --command=cd ~/')
 
 
+def test_tpu_pod_sweep_plans_its_populations_on_the_host(tmp_path, prepared_digits,
+                                                       teacher_with_space):
+  home = tmp_path / 'home'
+  home.mkdir()
+  (home / os.path.basename(REPO)).symlink_to(REPO)
+  env = _environment(tmp_path, HOME=str(home), DATA_DIR=prepared_digits)
+  proc = subprocess.run(
+      [os.path.join(REPO, 'launch', 'tpu_pod.sh'), 'sweep', '--config=configs/default.py',
+       '--config.demo=False', f'--config.teacher.checkpoint={teacher_with_space}',
+       f'--workdir={tmp_path / "sweep"}', '--methods=kd,oracle_kd,fitnet', '--seeds=0,1',
+       '--dry_run'], env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  plan = _plan(proc.stdout)
+  assert (plan['runs'], plan['devices'], plan['teacher_checkpoint']) == (
+      6, 2, teacher_with_space)
+  assert plan['groups'] == [
+      {'runs': ['kd_seed0', 'kd_seed1', 'oracle_kd_seed0', 'oracle_kd_seed1'],
+       'mesh': {'member': 2, 'data': 1}},
+      {'runs': ['fitnet_seed0', 'fitnet_seed1'], 'mesh': {'member': 2, 'data': 1}}]
+  assert not (tmp_path / 'sweep').exists()  # a dry run writes nothing
+
+
 def _dry_run(tmp_path, *args, **settings):
   env = _environment(tmp_path, DRY_RUN='1', TPU_NAME='oj', ZONE='europe-west4-a',
                      ACCELERATOR='v5p-16', VERSION='v2-alpha-tpuv5', PYTHON='python3')
@@ -158,6 +180,9 @@ def test_tpu_pod_dry_run_prints_gcloud_commands(tmp_path):
   # The user's data dir wins over DATA_DIR; nothing is appended then.
   assert _dry_run(tmp_path, 'run', '--config.data_dir=/d', DATA_DIR='gs://b/t') == (
       f"{ssh} '--command=cd ~/{name} && python3 launch/main.py --config.data_dir=/d'\n")
+  assert _dry_run(tmp_path, 'sweep', '--methods=kd,oracle_kd', DATA_DIR='gs://b/t') == (
+      f"{ssh} '--command=cd ~/{name} && python3 launch/sweep.py --methods=kd\\,oracle_kd "
+      "--config.data_dir=gs://b/t'\n")  # bash's printf %q escapes commas
   assert _dry_run(tmp_path, 'delete') == (
       'gcloud compute tpus tpu-vm delete oj --zone=europe-west4-a --quiet\n')
 
@@ -193,6 +218,48 @@ def test_slurm_two_tasks_start_jax_distributed(tmp_path, prepared_digits, teache
     assert f'process {i} of 2, 4 devices (2 here); detected by JAX as SlurmCluster' in errs[i]
 
 
+def test_slurm_sweep_splits_a_population_over_two_processes(tmp_path, prepared_digits,
+                                                          digits_teacher_dir):
+  """`launch/slurm.sh sweep`: 2 tasks × 2 devices train kd, oracle_kd and scratch × 2 seeds
+  as one population (mesh 2 members × 2 batch shards, each process holding 3 members and
+  reading every member's batches); each member's results are those of the same population
+  on 4 devices of one process."""
+  out = tmp_path / 'srun'
+  out.mkdir()
+  env = _environment(tmp_path, SLURM_JOB_ID='4242', SLURM_NTASKS='2', SLURM_SUBMIT_DIR=REPO,
+                     SRUN_OUT=str(out), JAX_COORDINATOR_PORT=str(_free_port()))
+  overrides = {'teacher.model': 'resnet8', 'teacher.checkpoint': digits_teacher_dir,
+               'method': 'kd', 'train_steps': 4}
+  config = digits_config(prepared_digits, **overrides)
+  flags = [f'--config.{k}={v}' for k, v in dict(
+      demo=False, data_dir=prepared_digits, batch_size=16, eval_batch_size=64,
+      log_every_steps=2, checkpoint_every_steps=2, **{'student.model': 'resnet8'},
+      **overrides).items()]
+  names, seeds = ['kd', 'oracle_kd', 'scratch'], [0, 1]
+  proc = subprocess.run(
+      ['bash', os.path.join(REPO, 'launch', 'slurm.sh'), 'sweep', '--config=configs/default.py',
+       *flags, f'--workdir={tmp_path / "two"}', f'--methods={",".join(names)}', '--seeds=0,1'],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
+  errs = [(out / f'task-{i}.err').read_text() for i in range(2)]
+  assert proc.returncode == 0, '\n\n'.join(e[-2000:] for e in errs)
+  for i in range(2):
+    assert f'process {i} of 2, 4 devices (2 here); detected by JAX as SlurmCluster' in errs[i]
+  assert len(list((tmp_path / 'two' / 'populations').iterdir())) == 1
+
+  one = sweep.run_grid(config, str(tmp_path / 'one'), names, seeds,
+                       mesh=parallel.make_mesh(jax.devices()[:4]))
+  for name in names:
+    for seed, expected in zip(seeds, one[name]):
+      got = json.loads((tmp_path / 'two' / f'{name}_seed{seed}' / 'results.json').read_text())
+      assert got['final_train_loss'] == pytest.approx(expected['final_train_loss'], rel=1e-6)
+      assert got['final_top1'] == expected['final_top1']
+      assert {**got, 'final_train_loss': 0} == {**expected, 'final_train_loss': 0}
+  table = sweep.markdown(sweep.summarize(one, 'kd'), 'kd')
+  assert (tmp_path / 'two' / 'sweep.md').read_text() == table + '\n'  # process 0's
+  assert table in (out / 'task-0.out').read_text()
+  assert '| method |' not in (out / 'task-1.out').read_text()
+
+
 def _readme_block(title):
   """The first bash block after `### title` in the README."""
   with open(os.path.join(REPO, 'README.md')) as f:
@@ -217,6 +284,9 @@ def test_readme_tpu_recipe(tmp_path):
       f"{ssh}{name} && python3 -m pip install -r requirements.txt 'jax[tpu]'",
       f'{ssh}{name} && python3 launch/main.py --config=configs/imagenet_r34_r18.py '
       '--workdir=gs://BUCKET/runs/r34_r18 --config.data_dir=gs://BUCKET/tensorflow_datasets',
+      f'{ssh}{name} && python3 launch/sweep.py --config=configs/cifar.py:resnet56\\,resnet20 '
+      '--workdir=gs://BUCKET/sweep --methods=kd\\,oracle_kd --seeds=0\\,1\\,2\\,3 '
+      '--config.data_dir=gs://BUCKET/tensorflow_datasets',
       'compute tpus tpu-vm delete oj --zone=us-central2-b --quiet']
 
 
@@ -228,7 +298,10 @@ def test_readme_slurm_recipe(tmp_path):
                  cwd=REPO, env=env, check=True, timeout=60)
   assert calls.read_text().splitlines() == [
       REPO, 'python launch/main.py --config=configs/imagenet_r34_r18.py '
-      '--workdir=/shared/runs/r34_r18 --config.data_dir=/shared/tensorflow_datasets']
+      '--workdir=/shared/runs/r34_r18 --config.data_dir=/shared/tensorflow_datasets',
+      REPO, 'python launch/sweep.py --config=configs/cifar.py:resnet56,resnet20 '
+      '--workdir=/shared/runs/sweep --config.data_dir=/shared/tensorflow_datasets '
+      '--methods=kd,oracle_kd --seeds=0,1,2,3']
 
 
 def test_readme_cpu_student_command(tmp_path):

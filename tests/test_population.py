@@ -150,6 +150,17 @@ def test_incompatible_members_are_refused(mixed, tmp_path):
     population.train_population(members_in(configs, str(tmp_path)), str(tmp_path / 'p'))
 
 
+def test_several_processes_need_a_dataset_in_memory(mixed, monkeypatch):
+  imagenet = mixed['kd_seed0'].copy_and_resolve_references()
+  imagenet.dataset = 'imagenet2012'
+  assert population.supported(mixed['kd_seed0']) and population.supported(imagenet)
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  assert population.supported(mixed['kd_seed0'])  # each process reads whole batches
+  assert not population.supported(imagenet)  # streamed: each process reads its own shard
+  with pytest.raises(ValueError, match="cannot join a population.*not a streamed one"):
+    population.check_members(members_in({'kd_seed0': imagenet}, '/nonexistent'))
+
+
 def test_sweep_is_the_same_with_and_without_population(digits_data_dir, digits_teacher_dir,
                                                        tmp_path):
   """Long enough (40 steps, lr 0.2) for rounding differences to change test predictions."""

@@ -31,17 +31,20 @@ _PREFETCH = 2
 
 
 def train_iterator(spec, *, data_dir, global_batch_size, seed, start_step=0,
-                   augment=True, train_examples=0):
+                   augment=True, train_examples=0, whole_batches=False):
   """Infinite iterator of this process's part of each global training batch.
 
   Yields dicts of numpy arrays: `image` uint8 [b, H, W, C], `label` int32 [b]
   (and `coarse_label` int32 [b] for cifar100), b = global_batch_size / processes.
   `train_examples > 0` trains on a fixed class-stratified subset of that size.
+  `whole_batches`: every process yields the whole global batch (b = global_batch_size),
+  for shardings whose devices on one process need more than its slice (populations).
   """
   # Fail on a bad argument before reading any data.
   local_batch_size(global_batch_size, jax.process_count())
   if seed < 0 or start_step < 0:
     raise ValueError(f'seed and start_step must be >= 0, got {seed}, {start_step}.')
+  _check_whole_batches(spec, whole_batches)
   if spec.streamed:
     if train_examples:
       raise ValueError(f'train_examples is not supported for streamed {spec.name}.')
@@ -56,25 +59,41 @@ def train_iterator(spec, *, data_dir, global_batch_size, seed, start_step=0,
   return prefetch(train_batches(
       data, global_batch_size=global_batch_size, seed=seed, start_step=start_step,
       augmentation=augmentation(spec) if augment else None,
-      process_index=jax.process_index(), process_count=jax.process_count()))
+      **_process(whole_batches)))
 
 
-def eval_iterator(spec, *, data_dir, global_batch_size, split=None):
+def eval_iterator(spec, *, data_dir, global_batch_size, split=None, whole_batches=False):
   """One pass over `split` (default: the spec's eval split), each example once.
 
   Every process yields the same number of batches of the same shape; the last
   global batch is padded with zero images, label 0 and `mask` False.
+  `whole_batches`: as for `train_iterator`.
   """
   split = split or spec.eval_split
   local_batch_size(global_batch_size, jax.process_count())  # Before reading data.
+  _check_whole_batches(spec, whole_batches)
   if spec.streamed:
     from oracle_jax.data import imagenet  # pylint: disable=g-import-not-at-top
     return imagenet.eval_iterator(
         spec, data_dir=data_dir, global_batch_size=global_batch_size, split=split)
   data = sources.load_split(spec, data_dir, split)
-  return prefetch(eval_batches(
-      data, global_batch_size=global_batch_size,
-      process_index=jax.process_index(), process_count=jax.process_count()))
+  return prefetch(eval_batches(data, global_batch_size=global_batch_size,
+                               **_process(whole_batches)))
+
+
+def _process(whole_batches):
+  """The (process_index, process_count) whose part of each global batch to yield: a
+  process seeing whole batches reads as the one process of a one-process run."""
+  if whole_batches:
+    return dict(process_index=0, process_count=1)
+  return dict(process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def _check_whole_batches(spec, whole_batches):
+  # A streamed dataset's stream depends on the process count (imagenet.py).
+  if whole_batches and spec.streamed and jax.process_count() > 1:
+    raise ValueError(f'{spec.name} is streamed in per-process shards; every process cannot '
+                     'read whole batches of it.')
 
 
 def augmentation(spec):
