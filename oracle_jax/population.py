@@ -26,6 +26,11 @@ parameters, metrics and results are bit for bit the sequential run's (same convo
 same teacher computation, its distiller the sequential one with its own weights, the
 learning-rate scale applied to the scalar rate).
 
+On several devices the members are split over them (`make_mesh`: member × data), on
+several processes over every process's devices: each process then reads every member's
+whole batches (`data.train_iterator(..., whole_batches=True)`; a dataset held in memory,
+not a streamed one) and places the parts its devices hold (`put`).
+
 Each member keeps its own workdir as a sequential run would (config.json, metrics.jsonl,
 TensorBoard, best/, teacher/ for scratch, results.json); the population's training
 checkpoints (the stacked state of all members) live in one directory of their own.
@@ -295,10 +300,12 @@ def member_model(model_config, config, spec, device_count):
 
 def make_mesh(population_size, devices=None):
   """A 2-D mesh (member × data): the population is split over as many devices as
-  divide it, and each member's batch over the rest. Devices come in process order, so
-  the members go over the processes and a member's batch over devices of one process
-  where they fit."""
-  devices = np.asarray(jax.devices() if devices is None else devices)
+  divide it, and each member's batch over the rest. The devices are put in process
+  order, so that the members go over the processes and a member's batch over devices
+  of one process where they fit."""
+  devices = sorted(jax.devices() if devices is None else devices,
+                   key=lambda d: (d.process_index, d.id))
+  devices = np.asarray(devices)
   members = math.gcd(population_size, devices.size)
   return Mesh(devices.reshape(members, devices.size // members), ('member', 'data'))
 
