@@ -1,11 +1,13 @@
 """Grid runs and their tables (final and best top-1, mean ± std, paired differences)."""
+import json
 import os
+import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from helpers import REPO, digits_config
+from helpers import REPO, digits_config, saved_steps, wait_until
 
 from oracle_jax import errors, sweep
 
@@ -49,21 +51,47 @@ def test_grid_on_digits(tmp_path):
       results['scratch'][0]['final_train_loss'] != results['scratch'][1]['final_train_loss']
 
 
-def test_sweep_command_runs_a_gamma_search(digits_data_dir, digits_teacher_dir, tmp_path):
-  """`launch/sweep.py --gammas` as a user runs it: one population, the table on disk."""
+def test_sweep_command_runs_a_gamma_search_and_resumes_after_sigterm(
+    digits_data_dir, digits_teacher_dir, tmp_path):
+  """`launch/sweep.py --gammas` as a user runs it: one population; a SIGTERM (a preempted
+  VM) saves the population and stops; the same command resumes it, and every member ends
+  bit for bit as in an uninterrupted grid; the table lands on disk."""
+  steps = 30
   command = [sys.executable, os.path.join(REPO, 'launch', 'sweep.py'),
              '--config=' + os.path.join(REPO, 'configs', 'default.py'), '--config.demo=False',
              f'--config.data_dir={digits_data_dir}', '--config.teacher.model=resnet8',
              f'--config.teacher.checkpoint={digits_teacher_dir}', '--config.batch_size=16',
-             '--config.eval_batch_size=64', '--config.train_steps=2',
+             '--config.eval_batch_size=64', f'--config.train_steps={steps}',
+             '--config.log_every_steps=2', '--config.checkpoint_every_steps=1000',
              '--methods=kd,oracle_kd', '--gammas=1,5', '--seeds=0', f'--workdir={tmp_path}']
   env = {**os.environ, 'XLA_FLAGS': ''}  # one device, as on a laptop
+  # Meanwhile, the uninterrupted grid to compare with, in a process of the same devices
+  # (XLA:CPU rounds differently in a process of 8 virtual devices, even on a mesh of one).
+  straight = subprocess.Popen(command[:-1] + [f'--workdir={tmp_path / "straight"}'], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  metrics = tmp_path / 'kd_seed0' / 'metrics.jsonl'
+  wait_until(proc, lambda: metrics.exists() and metrics.read_text().count('\n') >= 2)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 143, err.decode()[-2000:]
+  population, = (tmp_path / 'populations').iterdir()
+  saved = saved_steps(population / 'checkpoints')
+  assert len(saved) == 1 and 2 <= saved[0] < steps  # saved at the signal
+  assert not (tmp_path / 'sweep.md').exists()
+
   proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  table = (tmp_path / 'sweep.md').read_text()
+  assert f'Resuming the population from step {saved[0]}' in proc.stderr
+  assert straight.wait(timeout=600) == 0
+  read = lambda path: path.read_text()
+  for name in sweep.with_gammas(['kd', 'oracle_kd'], [1, 5]):
+    assert json.loads(read(tmp_path / f'{name}_seed0' / 'results.json')) == json.loads(
+        read(tmp_path / 'straight' / f'{name}_seed0' / 'results.json'))
+  table = read(tmp_path / 'sweep.md')
+  assert table == read(tmp_path / 'straight' / 'sweep.md')
   for row in ('| kd |', '| oracle_kd_gamma1 |', '| oracle_kd_gamma5 |'):
     assert row in table and row in proc.stdout
-  assert len(list((tmp_path / 'populations').iterdir())) == 1
   bad = subprocess.run(command[:-3] + ['--gammas=1,x', f'--workdir={tmp_path / "bad"}'],
                        capture_output=True, text=True, env=env, timeout=600, check=False)
   assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1] == (
