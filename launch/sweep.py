@@ -56,11 +56,12 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from oracle_jax import fileio, sweep  # pylint: disable=g-import-not-at-top
   cli.initialize_processes()
-  grid = (FLAGS.config, sweep.with_gammas(FLAGS.methods, gammas), [int(s) for s in FLAGS.seeds])
+  names, seeds = sweep.with_gammas(FLAGS.methods, gammas), [int(s) for s in FLAGS.seeds]
   if FLAGS.dry_run:
-    print(json.dumps(sweep.plan(*grid, population=FLAGS.population), indent=2))
+    print(json.dumps(sweep.plan(FLAGS.config, names, seeds, population=FLAGS.population),
+                     indent=2))
     return
-  results = sweep.run_grid(grid[0], FLAGS.workdir, *grid[1:], population=FLAGS.population)
+  results = sweep.run_grid(FLAGS.config, FLAGS.workdir, names, seeds, population=FLAGS.population)
   rows = sweep.summarize(results, FLAGS.baseline)
   table = sweep.markdown(rows, FLAGS.baseline)
   if jax.process_index():  # every process has the results; process 0 reports them

@@ -1,6 +1,7 @@
 """Shared helpers of the end-to-end tests: tiny configs on the digits, final parameters."""
 import copy
 import os
+import socket
 import sys
 import time
 
@@ -50,6 +51,13 @@ def main_command(workdir, data_dir, *overrides):
           '--config.demo=False', '--config.method=scratch', '--config.student.model=resnet8',
           f'--config.data_dir={data_dir}', '--config.batch_size=16', '--config.eval_batch_size=64',
           '--config.checkpoint_every_steps=2', '--config.log_every_steps=2', *overrides]
+
+
+def free_port():
+  """A localhost port free now: the coordinator's of a multi-process test."""
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
 
 
 def wait_until(proc, predicate, timeout=240):

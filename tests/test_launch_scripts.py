@@ -8,14 +8,13 @@ a `--dry_run`, so the plan printed by launch/main.py shows what arrived there.
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
-from helpers import REPO, digits_config
+from helpers import REPO, digits_config, free_port
 
 from oracle_jax import checkpoints, data, models, parallel, sweep
 
@@ -69,12 +68,6 @@ def _executable(path, text):
   path.write_text(text)
   path.chmod(0o755)
   return path
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
 
 
 def _plan(stdout):
@@ -203,7 +196,7 @@ def test_slurm_two_tasks_start_jax_distributed(tmp_path, prepared_digits, teache
   out.mkdir()
   # As sbatch leaves them for the batch script: the job, its task count, its directory.
   env = _environment(tmp_path, SLURM_JOB_ID='4242', SLURM_NTASKS='2', SLURM_SUBMIT_DIR=REPO,
-                     SRUN_OUT=str(out), JAX_COORDINATOR_PORT=str(_free_port()))
+                     SRUN_OUT=str(out), JAX_COORDINATOR_PORT=str(free_port()))
   proc = subprocess.run(
       ['bash', os.path.join(REPO, 'launch', 'slurm.sh'), '--config=configs/default.py',
        '--config.train_steps=3', f'--config.teacher.checkpoint={teacher_with_space}',
@@ -227,7 +220,7 @@ def test_slurm_sweep_splits_a_population_over_two_processes(tmp_path, prepared_d
   out = tmp_path / 'srun'
   out.mkdir()
   env = _environment(tmp_path, SLURM_JOB_ID='4242', SLURM_NTASKS='2', SLURM_SUBMIT_DIR=REPO,
-                     SRUN_OUT=str(out), JAX_COORDINATOR_PORT=str(_free_port()))
+                     SRUN_OUT=str(out), JAX_COORDINATOR_PORT=str(free_port()))
   overrides = {'teacher.model': 'resnet8', 'teacher.checkpoint': digits_teacher_dir,
                'method': 'kd', 'train_steps': 4}
   config = digits_config(prepared_digits, **overrides)

@@ -3,14 +3,13 @@ process stopping every process at the same step."""
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 
 import jax
 import numpy as np
 import pytest
-from helpers import digits_config, final_params, main_command, saved_steps, wait_until
+from helpers import digits_config, final_params, free_port, main_command, saved_steps, wait_until
 from jax._src.clusters import cloud_tpu_cluster
 
 from oracle_jax import data, parallel
@@ -103,15 +102,9 @@ def test_flags_win_over_the_cluster(starts, monkeypatch):
   assert starts == [(('10.1.1.1:4321', 2, 1), {})]
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
 def _two_processes(tmp_path, name, workdir, data_dir, steps):
   """Starts 2 training processes of one device each; their stderr goes to files."""
-  port = _free_port()
+  port = free_port()
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
          'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}
   procs = []

@@ -3,7 +3,6 @@ device counts; bf16 computes in bf16 with a float32 oracle update."""
 import functools
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -12,15 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import REPO, digits_config, final_params
+from helpers import REPO, digits_config, final_params, free_port
 
 from oracle_jax import models, oracle, parallel, train
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
 
 
 def test_two_processes_equal_one_process(digits_data_dir, digits_teacher_dir, tmp_path):
@@ -29,7 +22,7 @@ def test_two_processes_equal_one_process(digits_data_dir, digits_teacher_dir, tm
            f'--config.data_dir={digits_data_dir}', '--config.batch_size=16', '--config.eval_batch_size=64',
            '--config.train_steps=6', '--config.log_every_steps=2',
            '--config.checkpoint_every_steps=3']
-  port = _free_port()
+  port = free_port()
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
          'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
   procs = [subprocess.Popen(
