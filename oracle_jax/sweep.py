@@ -87,7 +87,9 @@ def plan(config, names, seeds, population='auto', mesh=None):
   for _, _, c in runs:
     validation.validate_config(c)
   run, _ = train.prepare(runs[0][2], mesh=mesh)
-  sizes = {k: v for k, v in train.plan(runs[0][2], run).items() if k not in ('method', 'oracle', 'per_device_batch')}
+  # The sizes of the first run; method, oracle and per-device batch differ between groups.
+  sizes = {k: v for k, v in train.plan(runs[0][2], run).items()
+           if k not in ('method', 'oracle', 'per_device_batch')}
   groups = []
   for members in population_groups(runs, population == 'auto'):
     group = dict(runs=[f'{name}_seed{seed}' for name, seed, _ in members])

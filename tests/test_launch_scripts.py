@@ -103,11 +103,17 @@ def _environment(tmp_path, **extra):
           **extra}
 
 
-def test_tpu_pod_run_passes_arguments_intact(tmp_path, prepared_digits, teacher_with_space):
+def _tpu_host(tmp_path, data_dir):
+  """The environment of `tpu_pod.sh` whose stub `gcloud` runs on a "TPU host" here: a home
+  holding the repository where `setup` copies it, and DATA_DIR."""
   home = tmp_path / 'home'
   home.mkdir()
-  (home / os.path.basename(REPO)).symlink_to(REPO)  # where `setup` copies the repository
-  env = _environment(tmp_path, HOME=str(home), DATA_DIR=prepared_digits)
+  (home / os.path.basename(REPO)).symlink_to(REPO)
+  return home, _environment(tmp_path, HOME=str(home), DATA_DIR=data_dir)
+
+
+def test_tpu_pod_run_passes_arguments_intact(tmp_path, prepared_digits, teacher_with_space):
+  home, env = _tpu_host(tmp_path, prepared_digits)
   proc = subprocess.run(
       [os.path.join(REPO, 'launch', 'tpu_pod.sh'), 'run', '--config=configs/default.py',
        '--config.train_steps=3', f'--config.teacher.checkpoint={teacher_with_space}',
@@ -125,10 +131,7 @@ def test_tpu_pod_run_passes_arguments_intact(tmp_path, prepared_digits, teacher_
 
 def test_tpu_pod_sweep_plans_its_populations_on_the_host(tmp_path, prepared_digits,
                                                        teacher_with_space):
-  home = tmp_path / 'home'
-  home.mkdir()
-  (home / os.path.basename(REPO)).symlink_to(REPO)
-  env = _environment(tmp_path, HOME=str(home), DATA_DIR=prepared_digits)
+  _, env = _tpu_host(tmp_path, prepared_digits)
   proc = subprocess.run(
       [os.path.join(REPO, 'launch', 'tpu_pod.sh'), 'sweep', '--config=configs/default.py',
        '--config.demo=False', f'--config.teacher.checkpoint={teacher_with_space}',
