@@ -256,20 +256,20 @@ def test_slurm_sweep_splits_a_population_over_two_processes(tmp_path, prepared_d
   assert '| method |' not in (out / 'task-1.out').read_text()
 
 
-def _readme_block(title):
-  """The first bash block after `### title` in the README."""
-  with open(os.path.join(REPO, 'README.md')) as f:
+def _doc_block(title, doc='docs/clusters.md'):
+  """The first bash block after the heading `title` in a page of the documentation."""
+  with open(os.path.join(REPO, doc)) as f:
     text = f.read()
-  after = text[text.index(f'### {title}\n'):]
+  after = text[text.index(f'## {title}\n'):]
   start = after.index('```bash\n') + len('```bash\n')
   return after[start:after.index('\n```', start)]
 
 
-def test_readme_tpu_recipe(tmp_path):
+def test_docs_tpu_recipe(tmp_path):
   env = _environment(tmp_path, GCLOUD_RECORD_ONLY='1')
   for name in ('TPU_NAME', 'ZONE', 'ACCELERATOR', 'VERSION', 'DATA_DIR', 'PYTHON', 'DRY_RUN'):
     env.pop(name, None)
-  subprocess.run(['bash', '-euo', 'pipefail', '-c', _readme_block('TPU VM slice')], cwd=REPO,
+  subprocess.run(['bash', '-euo', 'pipefail', '-c', _doc_block('TPU VM slice')], cwd=REPO,
                  env=env, check=True, timeout=60)
   ssh = 'compute tpus tpu-vm ssh oj --zone=us-central2-b --worker=all --command=cd ~/'
   name = os.path.basename(REPO)
@@ -286,11 +286,11 @@ def test_readme_tpu_recipe(tmp_path):
       'compute tpus tpu-vm delete oj --zone=us-central2-b --quiet']
 
 
-def test_readme_slurm_recipe(tmp_path):
+def test_docs_slurm_recipe(tmp_path):
   calls = tmp_path / 'srun_calls'
   env = _environment(tmp_path, SRUN_CALLS=str(calls))
   env.pop('PYTHON')
-  subprocess.run(['bash', '-euo', 'pipefail', '-c', _readme_block('SLURM GPU cluster')],
+  subprocess.run(['bash', '-euo', 'pipefail', '-c', _doc_block('SLURM GPU cluster')],
                  cwd=REPO, env=env, check=True, timeout=60)
   assert calls.read_text().splitlines() == [
       REPO, 'python launch/main.py --config=configs/imagenet_r34_r18.py '
@@ -300,14 +300,14 @@ def test_readme_slurm_recipe(tmp_path):
       '--methods=kd,oracle_kd --seeds=0,1,2,3']
 
 
-def test_readme_cpu_student_command(tmp_path):
+def test_docs_cpu_student_command(tmp_path):
   """The CPU recipe's second line, as a dry run, where the first one leaves its teacher."""
   for name in ('launch', 'configs', 'oracle_jax'):
     (tmp_path / name).symlink_to(os.path.join(REPO, name))
   variables = models.create('resnet20', 10).init(jax.random.key(0), np.zeros((1, 8, 8, 1)))
   checkpoints.save_model(tmp_path / 'runs/default/teacher_run/teacher',
                          jax.device_get(variables), model='resnet20', num_classes=10)
-  line = _readme_block('CPU').splitlines()[1]
+  line = _doc_block('CPU').splitlines()[1]
   assert line.startswith('python launch/main.py ')
   proc = subprocess.run(f'{sys.executable} {line[len("python "):]} --dry_run', shell=True,
                         cwd=tmp_path, env=_environment(tmp_path, HOME=str(tmp_path)),
