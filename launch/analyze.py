@@ -22,8 +22,8 @@ cli.define_config()
 _TEACHER = flags.DEFINE_string(
     'teacher', None, 'Orbax model checkpoint dir, run workdir or .pth file; overrides '
     'teacher.checkpoint of the config.')
-_GAMMAS = flags.DEFINE_list('gammas', '0,0.1,0.2,0.5,1,2,5',
-                            'Comma-separated γ values of the sweep.')
+_GAMMAS = cli.define_list('gammas', '0,0.1,0.2,0.5,1,2,5', 'Comma-separated γ values of the '
+                          'sweep.', float, low=0)
 _SPLIT = flags.DEFINE_string('split', None, "Split to analyse ('test', 'train', …); "
                              "default: the dataset's eval split.")
 _OUT = flags.DEFINE_string('out', None, 'Output directory; default: analysis/ beside '

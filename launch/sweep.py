@@ -28,10 +28,11 @@ from oracle_jax import cli, errors  # pylint: disable=g-import-not-at-top,wrong-
 
 cli.define_config()
 flags.DEFINE_string('workdir', None, 'Directory of the grid.', required=True)
-flags.DEFINE_list('methods', ['kd', 'oracle_kd'], "Variants: a method, or 'oracle_<method>'.")
-flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds.')
-flags.DEFINE_list('gammas', [], 'γ search: every oracle variant once per γ (named e.g. '
-                  'oracle_kd_gamma0.5); default: the config\'s oracle.gamma.')
+cli.define_list('methods', ['kd', 'oracle_kd'], "Variants: a method, or 'oracle_<method>'.")
+cli.define_list('seeds', [0, 1, 2], 'Seeds.', int, low=0, high=cli.MAX_SEED)
+cli.define_list('gammas', [], 'γ search: every oracle variant once per γ (named e.g. '
+                'oracle_kd_gamma0.5); default: the config\'s oracle.gamma.', float, low=0,
+                nonempty=False)
 flags.DEFINE_string('baseline', 'kd', 'Variant the paired differences are taken from.')
 flags.DEFINE_enum('population', 'auto', ['auto', 'off'],
                   'auto: variants that can share one program (one distillation method with '
@@ -49,14 +50,10 @@ def main(argv):
     raise errors.UserError(f'Unexpected arguments: {argv[1:]}')
   if FLAGS.config is None:
     raise errors.UserError('--config is required, e.g. --config=configs/default.py.')
-  try:
-    gammas = [float(g) for g in FLAGS.gammas]
-  except ValueError:
-    raise errors.UserError(f'--gammas must be numbers, got {FLAGS.gammas}.') from None
   import jax  # pylint: disable=g-import-not-at-top
   from oracle_jax import fileio, sweep  # pylint: disable=g-import-not-at-top
   cli.initialize_processes()
-  names, seeds = sweep.with_gammas(FLAGS.methods, gammas), [int(s) for s in FLAGS.seeds]
+  names, seeds = sweep.with_gammas(FLAGS.methods, FLAGS.gammas), FLAGS.seeds
   if FLAGS.dry_run:
     print(json.dumps(sweep.plan(FLAGS.config, names, seeds, population=FLAGS.population),
                      indent=2))

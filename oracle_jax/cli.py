@@ -1,4 +1,5 @@
-"""What the command lines share: an `--config` flag whose mistakes are one line, and
+"""What the command lines share: an `--config` flag whose mistakes are one line, list
+flags whose every element is checked as a config value is (`define_list`), and
 `run(main)`, which prints a `UserError` as `error: …` (exit 1) and lets every other
 exception keep its traceback.
 
@@ -7,6 +8,7 @@ with it, as soon as the flag is defined, outside any handler; so the flag is def
 without a default and `run` puts the default file on the command line instead, where
 the parsing happens inside `parse_flags`.
 """
+import math
 import os
 import re
 import sys
@@ -24,6 +26,58 @@ _DID_YOU_MEAN = re.compile(r'Did you mean "([^"]+)"')
 
 def define_config(help_text='Experiment configuration file (path[:arg]).'):
   config_flags.DEFINE_config_file('config', None, help_text, lock_config=True)
+
+
+class _ListOf(flags.ListParser):
+  """A comma list whose elements are converted by `element` and checked against bounds or
+  choices; a bad element is a `ValueError` naming it (absl makes it a flag error)."""
+
+  def __init__(self, element, low, high, choices, nonempty):
+    super().__init__()
+    self.element, self.low, self.high = element, low, high
+    self.choices, self.nonempty = choices, nonempty
+
+  def describe(self):
+    if self.choices:
+      return 'one of ' + ', '.join(self.choices)
+    what = {int: 'an integer', float: 'a finite number'}.get(self.element, 'a non-empty string')
+    if self.low is not None and self.high is not None:
+      return f'{what} in [{self.low}, {self.high}]'
+    return what + (f' >= {self.low}' if self.low is not None else '') + (
+        f' <= {self.high}' if self.high is not None else '')
+
+  def parse(self, argument):
+    values = [self.check(v) for v in super().parse(argument)]
+    if self.nonempty and not values:
+      raise ValueError(f'give at least one element, each {self.describe()}')
+    return values
+
+  def check(self, text):
+    try:
+      value = self.element(text)
+    except (TypeError, ValueError):
+      value = None
+    ok = value is not None and value != '' and (
+        not isinstance(value, float) or math.isfinite(value)) and (
+            self.low is None or value >= self.low) and (
+                self.high is None or value <= self.high) and (
+                    not self.choices or value in self.choices)
+    if not ok:
+      raise ValueError(f'element {text!r} is not {self.describe()}')
+    return value
+
+
+def define_list(name, default, help_text, element=str, *, low=None, high=None, choices=(),
+                nonempty=True, flag_values=flags.FLAGS):
+  """A comma-list flag of `element`s (str, int or float), each within [low, high] or among
+  `choices`: `--seeds=0,x` fails in one line naming 'x', as a bad config value does."""
+  parser = _ListOf(element, low, high, tuple(choices), nonempty)
+  return flags.DEFINE(parser, name, default, help_text, flag_values,
+                      serializer=flags.CsvListSerializer(','))
+
+
+# Seeds are config values (`config.seed`): the same bounds (oracle_jax/validation.py).
+MAX_SEED = 2**31 - 1
 
 
 def define_processes():

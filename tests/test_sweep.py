@@ -95,5 +95,5 @@ def test_sweep_command_runs_a_gamma_search_and_resumes_after_sigterm(
   bad = subprocess.run(command[:-3] + ['--gammas=1,x', f'--workdir={tmp_path / "bad"}'],
                        capture_output=True, text=True, env=env, timeout=600, check=False)
   assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1] == (
-      "error: --gammas must be numbers, got ['1', 'x'].")
+      "error: flag --gammas=1,x: element 'x' is not a finite number >= 0")
   assert not (tmp_path / 'bad').exists()
