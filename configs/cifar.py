@@ -5,14 +5,15 @@
     --config=configs/cifar.py:resnet56,resnet20,method=dkd       DKD, oracle recipe
     --config=configs/cifar.py:resnet56,resnet20,method=dkd,recipe=published
 
-The argument is `teacher,student[,dataset][,method=M][,recipe=R]`: dataset `cifar100`
-(default) or `cifar10`; method `kd` (default), `fitnet`, `at`, `dkd` or `sad`; recipe
+The argument (common.parse_arg) is `teacher,student[,dataset][,method=M][,recipe=R]`:
+dataset `cifar100` (default) or `cifar10`; method `kd` (default), `fitnet`, `at`, `dkd` or
+`sad` (the library validates dataset and method); recipe
 
 * `oracle` (default): the oracle-KD authors' recipe. For KD on the 16 CIFAR-100 pairs of
   resnet20/32/56/110 it is exactly the released student's run (`RELEASED`), with
   `reference_top1` = that run's best top-1; every other pair and CIFAR-10 keep the official
   code's defaults (common.py; the repository documents no other CIFAR-10 run), and the other
-  methods their defaults (methods.py) with mdistiller's per-pair DKD β (`DKD_BETA`) and,
+  methods their defaults (common.py) with mdistiller's per-pair DKD β (`DKD_BETA`) and,
   on a released pair, its γ.
 * `published`: the method as its authors ran it on CIFAR-100 (configs/published.py), the
   oracle off; `--config.oracle.enabled=True` adds it on top (γ from `RELEASED` where the
@@ -26,7 +27,6 @@ repository's layout, `teacher_models/<CIFAR100|CIFAR10>/resnet110/…`.
 """
 from configs import common
 from configs import published
-from oracle_jax import errors, zoo
 
 # The 16 released CIFAR-100 students: myunghakLee/Distillation-for-High-Quality-Knowledge-
 # Extraction @ 4c1143a, `student_models/CIFAR100/Hetero/<t>_2_<s>/<t>_2_<s>.json` (copied in
@@ -54,38 +54,27 @@ RELEASED_TEMPERATURE = 2.0
 DKD_BETA = {('resnet56', 'resnet20'): 2.0, ('resnet110', 'resnet32'): 2.0,
             ('wrn_40_2', 'wrn_16_2'): 6.0, ('wrn_40_2', 'wrn_40_1'): 6.0}
 
-DATASETS = ('cifar100', 'cifar10')
+# The official teachers oracle_jax's zoo holds (`python -m oracle_jax.zoo list`;
+# tests/test_configs.py checks it against the zoo): every official one but resnet110.
+ZOO_TEACHERS = ('resnet20', 'resnet32', 'resnet56')
 RECIPES = ('oracle', 'published')
-
-
-def parse(arg):
-  """'t,s[,dataset][,method=M][,recipe=R]' → (teacher, student, dataset, method, recipe)."""
-  parts = arg.split(',')
-  positional = [p for p in parts if '=' not in p]
-  options = dict(p.split('=', 1) for p in parts if '=' in p)
-  usage = 'configs/cifar.py takes "teacher,student[,dataset][,method=M][,recipe=R]"'
-  if len(positional) not in (2, 3) or set(options) - {'method', 'recipe'}:
-    raise errors.ConfigError(f'{usage}, got {arg!r}.')
-  teacher, student, dataset = (positional + ['cifar100'])[:3]
-  method, recipe = options.get('method', 'kd'), options.get('recipe', 'oracle')
-  if dataset not in DATASETS or recipe not in RECIPES or method not in published.METHODS:
-    raise errors.ConfigError(f'{usage} with dataset in {DATASETS}, method in {published.METHODS} '
-                     f'and recipe in {RECIPES}; got {arg!r}.')
-  return teacher, student, dataset, method, recipe
 
 
 def teacher_checkpoint(teacher, dataset):
   """The official teacher: from the zoo where it holds it, else from the official
   repository's layout (CIFAR-100 state_dicts model.pth, CIFAR-10 pickled modules best.pth)."""
-  name = f'official/{dataset}/{teacher}'
-  if name in zoo.REGISTRY:
-    return zoo.PREFIX + name
+  if teacher in ZOO_TEACHERS:
+    return f'zoo:official/{dataset}/{teacher}'
   filename = 'model.pth' if dataset == 'cifar100' else 'best.pth'
   return f'teacher_models/{dataset.upper()}/{teacher}/{filename}'
 
 
 def get_config(arg='resnet56,resnet20'):
-  teacher, student, dataset, method, recipe = parse(arg)
+  arg = common.parse_arg(arg, teacher='resnet56', student='resnet20', dataset='cifar100',
+                         method='kd', recipe='oracle')
+  teacher, student, dataset, method = arg.teacher, arg.student, arg.dataset, arg.method
+  if arg.recipe not in RECIPES:
+    raise common.ArgumentError(f'recipe must be one of {RECIPES}, got {arg.recipe!r}.')
   c = common.base_config()
   c.dataset, c.method = dataset, method
   c.teacher.model, c.student.model = teacher, student
@@ -95,10 +84,12 @@ def get_config(arg='resnet56,resnet20'):
   released = RELEASED.get((teacher, student)) if dataset == 'cifar100' else None
   if released:
     c.oracle.gamma = released[0]
-  if recipe == 'published':
-    if dataset != 'cifar100':
-      raise errors.ConfigError(f'recipe=published exists for CIFAR-100 only (mdistiller and the '
-                       f'official SAD code publish no CIFAR-10 recipe); got {arg!r}.')
+  if arg.recipe == 'published':
+    if dataset != 'cifar100' or method not in published.METHODS:
+      raise common.ArgumentError(
+          f'recipe=published exists for CIFAR-100 and methods {", ".join(published.METHODS)} '
+          f'only (mdistiller and the official SAD code publish no other); got {dataset} and '
+          f'{method}.')
     published.cifar100(c, method)
   elif released and method == 'kd':
     c.temperature, c.alpha = RELEASED_TEMPERATURE, 1.0

@@ -1,6 +1,8 @@
 """CIFAR-100, resnet20 → resnet20 (self-distillation), oracle KD, the released student's arguments."""
 from configs import cifar
+from configs import common
 
 
-def get_config():
+def get_config(arg=None):
+  common.parse_arg(arg)  # takes none: configs/cifar.py takes the pair
   return cifar.get_config('resnet20,resnet20,cifar100')

@@ -7,11 +7,11 @@ from configs import common
 
 
 def get_config(arg='resnet56'):
-  model, _, dataset = arg.partition(',')
+  arg = common.parse_arg(arg, model='resnet56', dataset='cifar100')
   c = common.base_config()
-  c.dataset = dataset or 'cifar100'
+  c.dataset = arg.dataset
   c.method = 'scratch'
-  c.student.model = model
-  c.teacher.model = model
+  c.student.model = arg.model
+  c.teacher.model = arg.model
   c.oracle.enabled = False
   return c

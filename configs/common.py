@@ -1,13 +1,12 @@
-"""The configuration every experiment shares; each config file overrides what differs.
+"""The configuration every experiment shares, and `parse_arg` for `--config=file.py:arg`.
 
 Defaults are the official oracle-KD code's CIFAR recipe (its `train.py` arguments and
 RepDistiller's, which it follows): SGD lr 0.05, momentum 0.9, weight decay 2.5e-4 on
 every parameter, batch 64, 240 epochs with lr ×0.1 at epochs 150/180/210, τ = 4,
-α = 1, ce_weight = 1, γ = 1.0, one refinement step (`rec_num` 1).
+α = 1, ce_weight = 1, γ = 1.0, one refinement step (`rec_num` 1). Configs are data: they
+import nothing of the library, which validates them (oracle_jax/validation.py).
 """
 import ml_collections
-
-from oracle_jax import methods
 
 
 def base_config():
@@ -38,7 +37,7 @@ def base_config():
   c.alpha = 1.0
   c.ce_weight = 1.0
   c.label_smoothing = 0.0
-  c.distill = methods.default_distill_config()  # FitNet/AT/DKD/SAD hyper-parameters
+  c.distill = distill_config()          # FitNet/AT/DKD/SAD hyper-parameters
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'sgd'
@@ -77,10 +76,67 @@ def base_config():
   # results.json then shows it next to ours with the difference. 0 = none.
   c.reference_top1 = 0.0
   c.overwrite = False                   # allow a workdir holding a run of another config
-  # The offline default (oracle_jax/demo.py), switched on by configs/default.py: a teacher
-  # trained for demo_teacher_steps (unless teacher.checkpoint names one), its analysis, then
-  # scratch / KD / oracle-KD students over demo_seeds as one population.
-  c.demo = False
-  c.demo_seeds = (0, 1, 2, 3, 4)
-  c.demo_teacher_steps = 400
   return c
+
+
+def distill_config():
+  """`config.distill`: the baselines' hyper-parameters (sources: oracle_jax/methods.py).
+
+  KD itself reads the top-level `config.alpha` and `config.temperature`; SAD's KD term
+  reads `config.temperature` too (both 4, the official oracle and SAD defaults).
+  """
+  c = ml_collections.ConfigDict()
+  c.fitnet_stage = 'stage2'       # RepDistiller --hint_layer 2
+  c.fitnet_weight = 100.0         # RepDistiller -b 100
+  c.at_p = 2.0                    # RepDistiller Attention(p=2)
+  c.at_beta = 1000.0              # RepDistiller -b 1000 (sum over stages)
+  c.dkd_alpha = 1.0               # mdistiller CFG.DKD.ALPHA
+  c.dkd_beta = 8.0                # mdistiller CFG.DKD.BETA (per-pair values: configs/cifar.py)
+  c.dkd_temperature = 4.0         # mdistiller CFG.DKD.T
+  c.dkd_warmup_epochs = 20.0      # mdistiller CFG.DKD.WARMUP
+  c.sad_beta = 200.0              # official SAD --beta 200
+  c.sad_qk_dim = 128              # official SAD --qk_dim 128
+  c.sad_kd_weight = 0.9           # official SAD --alpha 0.9 (its KD term)
+  c.sad_features = 'stages'       # 'blocks': every residual block, as the official code
+  return c
+
+
+class ArgumentError(ValueError):
+  """A mistake in `file.py:arg`; the command line prints it as one line (oracle_jax/cli.py)."""
+
+
+def parse_arg(arg, **spec):
+  """`arg` as a ConfigDict of `spec`'s keys, in big_vision's `parse_arg` style.
+
+  `arg` is comma-separated `key=value` items; an item without `=` is the value of the next
+  key of `spec` in order, so `file.py:resnet56,resnet20,method=dkd` sets the first two
+  keys by position. Each value is converted to the type of its default in `spec`.
+  """
+  items, keys = [item for item in (arg or '').split(',') if item], list(spec)
+  usage = (f'the config argument is "{",".join(keys)}" (in order, or as key=value)' if keys
+           else 'this config takes no argument')
+  result, given = ml_collections.ConfigDict(spec), set()
+  for item in items:
+    key, sep, value = item.partition('=')
+    if not sep:
+      key, value = next((k for k in keys if k not in given), None), item
+      if key is None:
+        raise ArgumentError(f'{usage}; {arg!r} has too many values.')
+    if key not in spec or key in given:
+      raise ArgumentError(f'{usage}; {arg!r} has ' + (
+          f'{key!r} twice.' if key in given else f'no key {key!r}.'))
+    given.add(key)
+    result[key] = _converted(value, spec[key], key)
+  return result
+
+
+def _converted(text, default, key):
+  if isinstance(default, bool):
+    if text.lower() not in ('true', 'false'):
+      raise ArgumentError(f'config argument {key}={text!r}: true or false.')
+    return text.lower() == 'true'
+  try:
+    return type(default)(text)
+  except ValueError:
+    raise ArgumentError(f'config argument {key}={text!r}: expected {type(default).__name__}.'
+                        ) from None

@@ -1,14 +1,17 @@
-"""The offline default: scikit-learn's bundled 8×8 digits, no download needed.
+"""The offline default's settings: scikit-learn's bundled 8×8 digits, no download needed.
 
-`python launch/main.py` trains a resnet20 teacher, then students three ways (scratch,
-KD, oracle KD) over several seeds, and reports mean ± std and paired differences.
-Sizes follow the pilot in DEMO (teacher 400 steps ≈ 98.5 % test accuracy; students on a
+`python launch/main.py` (no --config) and `python launch/demo.py` run the offline default on
+them (oracle_jax/demo.py): a resnet20 teacher, then students three ways (scratch, KD,
+oracle KD) over several seeds, with mean ± std and paired differences. As any config,
+`--config=configs/default.py` is one student's run (give it --config.teacher.checkpoint).
+Sizes from a pilot (teacher 400 steps ≈ 98.5 % test accuracy; students on a
 20 % subset, where distillation has room to help).
 """
 from configs import common
 
 
-def get_config():
+def get_config(arg=None):
+  common.parse_arg(arg)  # takes none
   c = common.base_config()
   c.dataset = 'digits'
   c.teacher.model = 'resnet20'
@@ -23,5 +26,4 @@ def get_config():
   c.log_every_steps = 50
   c.checkpoint_every_steps = 0
   c.oracle.gamma = 5.0                   # where the digits teacher's oracle accuracy peaks
-  c.demo = True                          # seeds and teacher steps: common.py
   return c

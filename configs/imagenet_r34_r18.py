@@ -15,7 +15,8 @@ ILSVRC2012_img_val.tar in <data_dir>/downloads/manual/).
 from configs import common
 
 
-def get_config(method='kd'):
+def get_config(arg='kd'):
+  method = common.parse_arg(arg, method='kd').method
   c = common.base_config()
   c.method = method
   c.dataset = 'imagenet2012'

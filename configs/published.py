@@ -35,6 +35,6 @@ def cifar100(c, method):
     c.alpha = 0.9                     # mdistiller CFG.KD.LOSS.KD_WEIGHT
   if method == 'sad':
     c.distill.sad_features = 'blocks'
-  # FitNet, AT, DKD and SAD's own weights are methods.default_distill_config()'s, which
+  # FitNet, AT, DKD and SAD's own weights are common.distill_config()'s, which
   # are these sources' values (DKD's per-pair β is set by configs/cifar.py).
   return c

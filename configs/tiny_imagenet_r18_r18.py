@@ -8,7 +8,8 @@ Data: put tiny-imagenet-200.zip in <data_dir>/downloads/manual/ (prepared on fir
 from configs import common
 
 
-def get_config():
+def get_config(arg=None):
+  common.parse_arg(arg)  # takes none
   c = common.base_config()
   c.dataset = 'tiny_imagenet'
   c.teacher.model = c.student.model = 'resnet18'

@@ -2,8 +2,8 @@
 from configs import tiny_imagenet_r18_r18
 
 
-def get_config():
-  c = tiny_imagenet_r18_r18.get_config()
+def get_config(arg=None):
+  c = tiny_imagenet_r18_r18.get_config(arg)
   c.method = 'scratch'
   c.oracle.enabled = False
   c.teacher.checkpoint = ''

@@ -1,6 +1,7 @@
 """Entry point: `python launch/main.py --config=configs/<file>.py[:arg] --workdir=DIR`.
 
-With no --config it runs the offline default (configs/default.py).
+With no --config it runs the offline default (oracle_jax/demo.py on configs/default.py, as
+launch/demo.py does with its default seeds); with one, that config's run.
 """
 import json
 import os
@@ -40,7 +41,7 @@ def main(argv):
   if FLAGS.dry_run:
     run, _ = train.prepare(config)
     print(json.dumps(train.plan(config, run), indent=2))
-  elif config.demo:
+  elif not cli.names_config(sys.argv):  # the command line, not the config, picks the program
     from oracle_jax import demo  # pylint: disable=g-import-not-at-top
     demo.run(config, workdir)
   else:

@@ -113,7 +113,7 @@ def parse_flags(argv, default_config=None):
     sys.exit(f'error: {e}')
   except flags.Error as e:
     # absl re-raises a config file's ValueError (ml_collections adds its traceback); a
-    # UserError in that chain is the one sentence to print.
+    # UserError or a configs/ ArgumentError in that chain is the one sentence to print.
     user_error = _innermost_user_error(e)
     if user_error is None and '\n' in str(e):  # a config file's bug: show its traceback
       raise
@@ -141,7 +141,15 @@ def _chain(e):
 
 
 def _innermost_user_error(e):
-  return next((c for c in reversed(_chain(e)) if isinstance(c, errors.UserError)), None)
+  # configs/ import nothing of the library: their `file.py:arg` mistakes have their own class.
+  argument_error = getattr(sys.modules.get('configs.common'), 'ArgumentError', ())
+  return next((c for c in reversed(_chain(e))
+               if isinstance(c, (errors.UserError, argument_error))), None)
+
+
+def names_config(argv):
+  """Whether the command line `argv` gives a --config (else `run` adds its default)."""
+  return any(_CONFIG_FLAG.match(a) for a in argv[1:])
 
 
 def _with_config_file(argv, default_config):

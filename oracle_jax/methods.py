@@ -42,7 +42,6 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from oracle_jax import losses
 from oracle_jax.models import layers
@@ -355,37 +354,16 @@ LOSS_WEIGHTS = {'kd': ('alpha',), 'fitnet': ('weight',), 'at': ('beta',),
                 'dkd': ('alpha', 'beta'), 'sad': ('beta', 'kd_weight')}
 
 
-def default_distill_config():
-  """`config.distill`: the baselines' hyper-parameters (sources in the module docstring).
-
-  KD itself reads the top-level `config.alpha` and `config.temperature`; SAD's KD term
-  reads `config.temperature` too (both 4, the official oracle and SAD defaults).
-  """
-  c = ml_collections.ConfigDict()
-  c.fitnet_stage = 'stage2'       # RepDistiller --hint_layer 2
-  c.fitnet_weight = 100.0         # RepDistiller -b 100
-  c.at_p = 2.0                    # RepDistiller Attention(p=2)
-  c.at_beta = 1000.0              # RepDistiller -b 1000 (sum over stages)
-  c.dkd_alpha = 1.0               # mdistiller CFG.DKD.ALPHA
-  c.dkd_beta = 8.0                # mdistiller CFG.DKD.BETA (per-pair values: configs/cifar.py)
-  c.dkd_temperature = 4.0         # mdistiller CFG.DKD.T
-  c.dkd_warmup_epochs = 20.0      # mdistiller CFG.DKD.WARMUP
-  c.sad_beta = 200.0              # official SAD --beta 200
-  c.sad_qk_dim = 128              # official SAD --qk_dim 128
-  c.sad_kd_weight = 0.9           # official SAD --alpha 0.9 (its KD term)
-  c.sad_features = 'stages'       # 'blocks': every residual block, as the official code
-  return c
-
-
 def get(config) -> Distiller:
-  """The distiller for `config.method` (one of METHODS); `config.distill` as above."""
+  """The distiller for `config.method` (one of METHODS); `config.distill` as in
+  configs/common.py's `distill_config`."""
   method, d = config.method, config.get('distill')
   if method == 'kd':
     return KD(alpha=config.alpha, temperature=config.temperature)
   if method not in METHODS:
     raise ValueError(f'Unknown distillation method {method!r}; choose one of {METHODS}.')
   if d is None:
-    raise ValueError(f'method {method!r} needs config.distill (see default_distill_config()).')
+    raise ValueError(f'method {method!r} needs config.distill (configs/common.py).')
   if method == 'fitnet':
     return FitNet(stage=d.fitnet_stage, weight=d.fitnet_weight)
   if method == 'at':

@@ -30,7 +30,6 @@ def tiny(config, data_dir, **overrides):
 
 def digits_config(data_dir, **overrides):
   c = default_config.get_config()
-  c.demo = False
   return tiny(c, data_dir, **{'student.model': 'resnet8', **overrides})
 
 
@@ -48,7 +47,7 @@ def assert_trees_close(a, b, **tol):
 def main_command(workdir, data_dir, *overrides):
   return [sys.executable, os.path.join(REPO, 'launch', 'main.py'),
           '--config=' + os.path.join(REPO, 'configs', 'default.py'), f'--workdir={workdir}',
-          '--config.demo=False', '--config.method=scratch', '--config.student.model=resnet8',
+          '--config.method=scratch', '--config.student.model=resnet8',
           f'--config.data_dir={data_dir}', '--config.batch_size=16', '--config.eval_batch_size=64',
           '--config.checkpoint_every_steps=2', '--config.log_every_steps=2', *overrides]
 

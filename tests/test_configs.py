@@ -1,6 +1,10 @@
-"""Every shipped config runs end to end (a couple of steps, tiny batches) on mock TFDS data."""
+"""The configs: pure data (no library import), one argument format, and every shipped one
+runs end to end (a couple of steps, tiny batches) on mock TFDS data."""
+import ast
 import importlib
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -9,12 +13,41 @@ import tensorflow_datasets as tfds
 
 from test_data import _fake_tiny_imagenet
 
-from oracle_jax import checkpoints, data, models, train
+from configs import common
+from oracle_jax import checkpoints, data, models, train, validation, zoo
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO, 'configs')
 SHIPPED = sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
                  if f.endswith('.py') and f not in ('__init__.py', 'common.py', 'default.py',
                                                     'published.py'))
+
+
+def test_configs_import_only_ml_collections_and_each_other():
+  for name in os.listdir(CONFIG_DIR):
+    if name.endswith('.py'):
+      tree = ast.parse(open(os.path.join(CONFIG_DIR, name), encoding='utf-8').read())
+      imported = {alias.name.split('.')[0] for node in ast.walk(tree)
+                  if isinstance(node, ast.Import) for alias in node.names}
+      imported |= {node.module.split('.')[0] for node in ast.walk(tree)
+                   if isinstance(node, ast.ImportFrom)}
+      assert imported <= {'ml_collections', 'configs'}, (name, imported)
+
+
+def test_parse_arg_takes_values_in_order_or_by_key():
+  parse = lambda arg: common.parse_arg(arg, teacher='resnet56', student='resnet20', steps=3,
+                                       oracle=True).to_dict()
+  assert parse(None) == dict(teacher='resnet56', student='resnet20', steps=3, oracle=True)
+  assert parse('a,b,5') == dict(teacher='a', student='b', steps=5, oracle=True)
+  assert parse('steps=7,a,oracle=false') == dict(teacher='a', student='resnet20', steps=7,
+                                                  oracle=False)
+  for bad, message in [('a,b,1,true,x', "'a,b,1,true,x' has too many values"),
+                       ('a,teacher=b', "has 'teacher' twice"), ('gamma=1', "has no key 'gamma'"),
+                       ('steps=x', "steps='x': expected int"), ('oracle=1', 'true or false')]:
+    with pytest.raises(common.ArgumentError, match=message):
+      parse(bad)
+  with pytest.raises(common.ArgumentError, match='this config takes no argument'):
+    common.parse_arg('x')
 
 
 def test_the_paper_pairs_need_no_files():
@@ -24,10 +57,60 @@ def test_the_paper_pairs_need_no_files():
   assert cifar.get_config('resnet56,resnet20,cifar10').teacher.checkpoint == \
       'zoo:official/cifar10/resnet56'
   assert c.teacher.checkpoint == 'teacher_models/CIFAR100/resnet110/model.pth'  # not in the zoo
-  for bad in ('resnet56', 'resnet56,resnet20,cifar10,x', 'resnet56,resnet20,recipe=mine',
-              'resnet56,resnet20,method=crd', 'resnet56,resnet20,svhn'):
-    with pytest.raises(ValueError, match='takes "teacher,student'):
+  assert cifar.get_config('teacher=resnet56,student=resnet32').student.model == 'resnet32'
+  for bad, message in [('resnet56,resnet20,cifar10,kd,oracle,x', 'has too many values'),
+                       ('resnet56,resnet20,recipe=mine', "recipe must be one of"),
+                       ('resnet56,resnet20,gamma=1', "has no key 'gamma'"),
+                       ('resnet56,resnet20,method=crd,recipe=published', 'exists for CIFAR-100 '
+                        'and methods kd, fitnet, at, dkd, sad only')]:
+    with pytest.raises(common.ArgumentError, match=message):
       cifar.get_config(bad)
+  # Values the library knows are the library's to check, in one sentence.
+  for arg, message in [('resnet56,resnet20,method=crd', "Unknown method 'crd'"),
+                       ('resnet56,resnet20,svhn', "'svhn'"), ('resnet56,resnet2', "'resnet2'")]:
+    with pytest.raises(validation.ConfigError, match=message):
+      validation.validate_config(cifar.get_config(arg))
+
+
+def test_the_official_teachers_come_from_the_zoo_where_it_holds_them():
+  from configs import cifar  # pylint: disable=g-import-not-at-top
+  for dataset in ('cifar10', 'cifar100'):
+    for teacher in ('resnet20', 'resnet32', 'resnet56', 'resnet110'):
+      in_zoo = f'official/{dataset}/{teacher}' in zoo.REGISTRY
+      assert (teacher in cifar.ZOO_TEACHERS) == in_zoo
+      checkpoint = cifar.get_config(f'{teacher},resnet20,{dataset}').teacher.checkpoint
+      assert checkpoint.startswith(zoo.PREFIX) == in_zoo
+
+
+@pytest.mark.parametrize('arg,message', [
+    ('cifar.py:resnet56,resnet20,gamma=1', "has no key 'gamma'"),
+    ('cifar.py:resnet56,resnet20,cifar10,method=dkd,recipe=published', 'exists for CIFAR-100'),
+    ('cifar_teacher.py:resnet56,cifar10,x', 'has too many values'),
+    ('cifar100_r56_r20.py:resnet56', 'this config takes no argument'),
+])
+def test_a_bad_config_argument_is_one_line(arg, message, tmp_path):
+  proc = subprocess.run([sys.executable, os.path.join(REPO, 'launch', 'main.py'),
+                         f'--config={CONFIG_DIR}/{arg}', f'--workdir={tmp_path / "w"}'],
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+  (line,) = proc.stderr.strip().splitlines()
+  assert line.startswith('error: ') and message in line
+  assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize('script', ['main.py', 'demo.py', 'sweep.py', 'analyze.py'])
+def test_help_answers_without_importing_jax(script):
+  """--help loads the default config (main.py, demo.py) but nothing of JAX or Flax."""
+  program = ('import runpy, sys\n'
+             'sys.argv = sys.argv[1:]\n'
+             'try:\n'
+             '  runpy.run_path(sys.argv[0], run_name="__main__")\n'
+             'except SystemExit:  # absl exits after the help\n'
+             '  print(sorted(m for m in ("jax", "flax", "optax") if m in sys.modules))\n')
+  proc = subprocess.run([sys.executable, '-c', program, os.path.join(REPO, 'launch', script),
+                         '--help'], capture_output=True, text=True, timeout=120)
+  assert proc.stdout.strip().splitlines()[-1] == '[]', proc.stderr[-2000:]
+  assert '--config' in proc.stdout
 
 
 def test_official_recipe_defaults():
@@ -58,6 +141,8 @@ def test_per_pair_dkd_recipes():
   assert (c.batch_size, c.optimizer.learning_rate) == (512, 0.2)  # the same optimizer
   c = imagenet_r34_r18.get_config('at')
   assert (c.method, c.ce_weight, c.distill.dkd_beta) == ('at', 1.0, 8.0)
+  assert imagenet_r34_r18.get_config('method=dkd').to_dict() == \
+      imagenet_r34_r18.get_config('dkd').to_dict()
 
 
 @pytest.mark.parametrize('name', SHIPPED)

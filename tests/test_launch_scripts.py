@@ -134,7 +134,7 @@ def test_tpu_pod_sweep_plans_its_populations_on_the_host(tmp_path, prepared_digi
   _, env = _tpu_host(tmp_path, prepared_digits)
   proc = subprocess.run(
       [os.path.join(REPO, 'launch', 'tpu_pod.sh'), 'sweep', '--config=configs/default.py',
-       '--config.demo=False', f'--config.teacher.checkpoint={teacher_with_space}',
+       f'--config.teacher.checkpoint={teacher_with_space}',
        f'--workdir={tmp_path / "sweep"}', '--methods=kd,oracle_kd,fitnet', '--seeds=0,1',
        '--dry_run'], env=env, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -228,7 +228,7 @@ def test_slurm_sweep_splits_a_population_over_two_processes(tmp_path, prepared_d
                'method': 'kd', 'train_steps': 4}
   config = digits_config(prepared_digits, **overrides)
   flags = [f'--config.{k}={v}' for k, v in dict(
-      demo=False, data_dir=prepared_digits, batch_size=16, eval_batch_size=64,
+      data_dir=prepared_digits, batch_size=16, eval_batch_size=64,
       log_every_steps=2, checkpoint_every_steps=2, **{'student.model': 'resnet8'},
       **overrides).items()]
   names, seeds = ['kd', 'oracle_kd', 'scratch'], [0, 1]

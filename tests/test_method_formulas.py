@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import common
 from oracle_jax import losses, methods, models
 
 RNG = np.random.default_rng(0)
@@ -41,7 +42,7 @@ def relu_features(shapes, seed):
 
 def config(method):
   c = ml_collections.ConfigDict({'method': method, 'alpha': 1.0, 'temperature': 4.0})
-  c.distill = methods.default_distill_config()
+  c.distill = common.distill_config()
   return c
 
 
@@ -325,7 +326,7 @@ def test_gradients_reach_student_and_modules_never_teacher(method):
 
 
 def test_get_reads_config_and_rejects_unknown_methods():
-  d = methods.default_distill_config()
+  d = common.distill_config()
   assert (d.fitnet_stage, d.fitnet_weight, d.at_beta, d.at_p) == ('stage2', 100.0, 1000.0, 2.0)
   assert (d.dkd_alpha, d.dkd_beta, d.dkd_temperature, d.dkd_warmup_epochs) == (1, 8, 4, 20)
   assert (d.sad_beta, d.sad_qk_dim, d.sad_kd_weight) == (200.0, 128, 0.9)

@@ -360,7 +360,7 @@ def test_main_py_refuses_a_hostile_teacher(tmp_path, digits_data_dir):
   path = write(tmp_path / 'teacher', 'zip', payloads(marker)['builtins.exec'])
   done = subprocess.run(
       [sys.executable, os.path.join(REPO, 'launch', 'main.py'),
-       '--config=' + os.path.join(REPO, 'configs', 'default.py'), '--config.demo=False',
+       '--config=' + os.path.join(REPO, 'configs', 'default.py'),
        '--config.method=kd', '--config.teacher.model=resnet8', '--config.student.model=resnet8',
        f'--config.teacher.checkpoint={path}', f'--config.data_dir={digits_data_dir}',
        f'--workdir={tmp_path / "run"}'],

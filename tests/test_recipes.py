@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 
 from conftest import REFERENCE_DIR
 from configs import cifar
+from configs import common
 from oracle_jax import checkpoints, methods, models, train
 
 RELEASED = json.loads((REFERENCE_DIR / 'released_students.json').read_text())
@@ -97,7 +98,7 @@ def test_published_recipes_are_their_sources(method):
       want['distill.dkd_beta'] = DKD_TUNED_BETA.get(pair, 8.0)
     assert {k: _get(c, k) for k in want} == want
     assert c.oracle.gamma == gamma  # for --config.oracle.enabled=True on top
-  with pytest.raises(ValueError, match='CIFAR-100 only'):
+  with pytest.raises(common.ArgumentError, match='recipe=published exists for CIFAR-100'):
     cifar.get_config(f'resnet56,resnet20,cifar10,method={method},recipe=published')
 
 

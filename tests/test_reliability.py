@@ -167,10 +167,11 @@ def test_wrong_images_and_labels_for_the_model():
 
 def test_command_line_errors_and_dry_run(digits_data_dir, digits_teacher_dir, tmp_path):
   main = [sys.executable, os.path.join(REPO, 'launch', 'main.py')]
+  default = os.path.join(REPO, 'configs', 'default.py')
   wrong_type = subprocess.run(main + [f'--workdir={tmp_path}/a', '--config.batch_size=abc'],
                               capture_output=True, text=True)
   assert wrong_type.returncode != 0 and 'batch_size' in wrong_type.stderr
-  dry = subprocess.run(main + [f'--workdir={tmp_path}/b', '--dry_run', '--config.demo=False',
+  dry = subprocess.run(main + [f'--workdir={tmp_path}/b', '--dry_run', f'--config={default}',
                                f'--config.data_dir={digits_data_dir}', '--config.method=kd',
                                f'--config.teacher.checkpoint={digits_teacher_dir}',
                                '--config.teacher.model=resnet8'],
@@ -179,7 +180,7 @@ def test_command_line_errors_and_dry_run(digits_data_dir, digits_teacher_dir, tm
   assert '"steps": 300' in dry.stdout and '"global_batch": 64' in dry.stdout
   assert '"teacher_params": 77754' in dry.stdout or '"teacher_params"' in dry.stdout
   assert not (tmp_path / 'b').exists()
-  bad = subprocess.run(main + [f'--workdir={tmp_path}/c', '--dry_run', '--config.demo=False',
+  bad = subprocess.run(main + [f'--workdir={tmp_path}/c', '--dry_run', f'--config={default}',
                                f'--config.data_dir={digits_data_dir}', '--config.oracle.gamma=-1'],
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode == 1 and 'error: oracle.gamma must be a number >= 0' in bad.stderr

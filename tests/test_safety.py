@@ -289,14 +289,13 @@ def test_offline_default_uses_the_given_teacher(digits_data_dir, digits_teacher_
   monkeypatch.setattr(demo, 'teacher_statistics', teacher_statistics)
   monkeypatch.setattr(demo, 'METHODS', ('oracle_kd',))  # one tiny student suffices here
   config = digits_config(digits_data_dir, train_steps=2, **{
-      'demo': True, 'demo_seeds': (0,), 'teacher.model': 'resnet8',
-      'teacher.checkpoint': digits_teacher_dir})
-  rows, _ = demo.run(config, str(tmp_path / 'demo'))
+      'teacher.model': 'resnet8', 'teacher.checkpoint': digits_teacher_dir})
+  rows, _ = demo.run(config, str(tmp_path / 'demo'), seeds=(0,))
   assert seen['teacher'] == digits_teacher_dir and 'oracle_kd' in rows
   assert not (tmp_path / 'demo' / 'teacher_run').exists()  # no teacher trained
   student = json.loads((tmp_path / 'demo' / 'oracle_kd_seed0' / 'config.json').read_text())
   assert student['teacher']['checkpoint'] == digits_teacher_dir
   config.teacher.checkpoint = str(tmp_path / 'absent')
   with pytest.raises(checkpoints.CheckpointNotFoundError, match='absent.* does not exist'):
-    demo.run(config, str(tmp_path / 'bad'))
+    demo.run(config, str(tmp_path / 'bad'), seeds=(0,))
   assert not (tmp_path / 'bad').exists()

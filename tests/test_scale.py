@@ -17,7 +17,8 @@ from oracle_jax import models, oracle, parallel, train
 
 
 def test_two_processes_equal_one_process(digits_data_dir, digits_teacher_dir, tmp_path):
-  flags = ['--config.demo=False', '--config.method=kd', '--config.student.model=resnet8',
+  flags = ['--config=' + os.path.join(REPO, 'configs', 'default.py'), '--config.method=kd',
+           '--config.student.model=resnet8',
            '--config.teacher.model=resnet8', f'--config.teacher.checkpoint={digits_teacher_dir}',
            f'--config.data_dir={digits_data_dir}', '--config.batch_size=16', '--config.eval_batch_size=64',
            '--config.train_steps=6', '--config.log_every_steps=2',

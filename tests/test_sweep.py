@@ -58,7 +58,7 @@ def test_sweep_command_runs_a_gamma_search_and_resumes_after_sigterm(
   bit for bit as in an uninterrupted grid; the table lands on disk."""
   steps = 30
   command = [sys.executable, os.path.join(REPO, 'launch', 'sweep.py'),
-             '--config=' + os.path.join(REPO, 'configs', 'default.py'), '--config.demo=False',
+             '--config=' + os.path.join(REPO, 'configs', 'default.py'),
              f'--config.data_dir={digits_data_dir}', '--config.teacher.model=resnet8',
              f'--config.teacher.checkpoint={digits_teacher_dir}', '--config.batch_size=16',
              '--config.eval_batch_size=64', f'--config.train_steps={steps}',
