@@ -4,10 +4,9 @@
     python benchmarks/population.py --shape=digits --sizes=1,2,4,8,16 --steps=10
     python benchmarks/population.py --shape=cifar --student=resnet20 --teacher=resnet56
 
-One JSON line per P (and one for the sequential run), all timing the project's own code:
-the population step (`population.jit_population_step`, as `population.train_population`
-compiles it) and the sequential oracle-KD step (`steps.jit_train_step`, as
-`train.train_and_evaluate` compiles it). Members come in (kd, oracle_kd) pairs sharing a
+One JSON line per P, all timing the project's own code: the population step
+(`population.jit_population_step`, as `population.train_population` compiles it) and the
+sequential oracle-KD step (the one `train.Run.jitted` gives the training loop). Members come in (kd, oracle_kd) pairs sharing a
 seed, as a `kd,oracle_kd` sweep makes them: P members see ceil(P/2) distinct batches.
 Synthetic uint8 data of the dataset's shape and a randomly initialised teacher (speed
 does not depend on the weights). `runs_per_hour` counts runs of `--run_steps` steps
@@ -15,9 +14,8 @@ does not depend on the weights). `runs_per_hour` counts runs of `--run_steps` st
 per hour over sequential runs per hour; steps are timed after warm-up, median of
 `--steps`, population and sequential steps interleaved so load drifts hit both alike.
 """
-import argparse
-import functools
 import copy
+import functools
 import json
 import os
 import sys
@@ -26,25 +24,23 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from oracle_jax import cli, errors  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 SHAPES = {'digits': ('digits', 'resnet20', 'resnet8'), 'cifar': ('cifar100', 'resnet56', 'resnet20')}
+NUM_TRAIN = 50_000  # training examples: the schedule's epochs (no data is read)
 
-
-def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  p.add_argument('--shape', choices=sorted(SHAPES), default='digits',
-                 help='digits: 8x8x1, 10 classes (the offline default); cifar: 32x32x3, 100')
-  p.add_argument('--teacher', help='default: resnet20 (digits), resnet56 (cifar)')
-  p.add_argument('--student', help='default: resnet8 (digits), resnet20 (cifar)')
-  p.add_argument('--batch', type=int, default=64)
-  p.add_argument('--sizes', default='1,2,4,8,16', help='population sizes P')
-  p.add_argument('--steps', type=int, default=10, help='timed steps per measurement')
-  p.add_argument('--warmup', type=int, default=2)
-  p.add_argument('--run_steps', type=int, default=300, help='steps of one run, for runs/hour')
-  args = p.parse_args(argv)
-  dataset, teacher, student = SHAPES[args.shape]
-  args.dataset, args.teacher, args.student = dataset, args.teacher or teacher, args.student or student
-  args.sizes = [int(s) for s in args.sizes.split(',')]
-  return args
+flags.DEFINE_enum('shape', 'digits', sorted(SHAPES), 'digits: 8x8x1, 10 classes (the offline '
+                  'default); cifar: 32x32x3, 100.')
+flags.DEFINE_string('teacher', None, 'Default: resnet20 (digits), resnet56 (cifar).')
+flags.DEFINE_string('student', None, 'Default: resnet8 (digits), resnet20 (cifar).')
+flags.DEFINE_integer('batch', 64, 'Batch size of each run.', lower_bound=1)
+cli.define_list('sizes', [1, 2, 4, 8, 16], 'Population sizes P.', int, low=1)
+flags.DEFINE_integer('steps', 10, 'Timed steps per measurement.', lower_bound=1)
+flags.DEFINE_integer('warmup', 2, 'Untimed steps first.', lower_bound=0)
+flags.DEFINE_integer('run_steps', 300, 'Steps of one run, for runs/hour.', lower_bound=1)
+FLAGS = flags.FLAGS
 
 
 def member_configs(base, size):
@@ -57,11 +53,13 @@ def member_configs(base, size):
   return configs
 
 
-def base_config(args):
+def base_config():
   from configs import common  # pylint: disable=g-import-not-at-top
+  dataset, teacher, student = SHAPES[FLAGS.shape]
   c = common.base_config()
-  c.dataset, c.batch_size, c.method = args.dataset, args.batch, 'kd'
-  c.teacher.model, c.student.model, c.train_steps = args.teacher, args.student, args.run_steps
+  c.dataset, c.batch_size, c.method = dataset, FLAGS.batch, 'kd'
+  c.teacher.model, c.student.model = FLAGS.teacher or teacher, FLAGS.student or student
+  c.train_steps = FLAGS.run_steps
   c.schedule.name = 'cosine'
   return c
 
@@ -78,38 +76,25 @@ def timed(fn, steps, warmup):
   return sorted(times)[len(times) // 2]
 
 
-def main(argv=None):
-  args = parse_args(argv)
+def main(argv):
+  if len(argv) > 1:
+    raise errors.UserError(f'Unexpected arguments: {argv[1:]}')
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from oracle_jax import conv, data, methods, models, optim, oracle, parallel, population, steps, train  # pylint: disable=g-import-not-at-top
+  from oracle_jax import optim, parallel, population, train  # pylint: disable=g-import-not-at-top
 
-  config = base_config(args)
-  spec = data.dataset_spec(args.dataset)
+  config = base_config()
   mesh = parallel.make_mesh(jax.devices()[:1])
-  conv_impl, options = conv.choose('auto', device_count=1, image_shape=spec.image_shape)
-  kwargs = lambda m: train.model_kwargs(m, 'float32', conv_impl)
-  student = models.create(args.student, spec.num_classes, **kwargs(config.student))
-  teacher = models.create(args.teacher, spec.num_classes, **kwargs(config.teacher))
-  steps_per_epoch = 50000 / args.batch
-  lr_fn = optim.learning_rate_fn(config, steps_per_epoch, args.run_steps)
-  tx = optim.make_optimizer(config, lr_fn)
+  # The sequential oracle-KD step: the Run the training loop builds, its jitted step.
+  run = train.Run(config, mesh, num_train=NUM_TRAIN)
+  spec, options, batch_size = run.spec, run.compiler_options, config.batch_size
   x0 = np.zeros((1, *spec.image_shape), np.float32)
-  teacher_variables = jax.jit(teacher.init)(jax.random.key(1), x0)
-  init = jax.jit(student.init)
-  new_state = lambda seed: steps.TrainState.create(init(jax.random.key(seed), x0), tx)
+  teacher_variables = jax.jit(run.teacher.init)(jax.random.key(1), x0)
   rng = np.random.default_rng(0)
-  batches = lambda d: {'image': rng.integers(0, 256, (d, args.batch, *spec.image_shape), np.uint8),
-                       'label': rng.integers(0, spec.num_classes, (d, args.batch)).astype(np.int32)}
-
-  # The sequential oracle-KD step, as train.py compiles it.
-  seq_state = parallel.replicate(new_state(0), mesh)
-  seq_step = steps.jit_train_step(
-      mesh, jax.tree.map(lambda _: parallel.replicated(mesh), seq_state), options,
-      config=config, oracle_settings=oracle.Settings.from_config(config.oracle),
-      student=student, teacher=teacher, spec=spec, learning_rate_fn=lr_fn,
-      distiller=methods.get(config),
-      steps_per_epoch=steps_per_epoch)
+  batches = lambda d: {'image': rng.integers(0, 256, (d, batch_size, *spec.image_shape), np.uint8),
+                       'label': rng.integers(0, spec.num_classes, (d, batch_size)).astype(np.int32)}
+  seq_state = parallel.replicate(run.init_state(0), mesh)
+  seq_step, _ = run.jitted(seq_state)
   seq_batch = parallel.global_batch({k: v[0] for k, v in batches(1).items()}, mesh)
   state_box = [seq_state]
 
@@ -121,18 +106,18 @@ def main(argv=None):
   sequential()
   seq_compile = time.perf_counter() - start
 
-  for size in args.sizes:
+  for size in FLAGS.sizes:
     configs = member_configs(config, size)
     seeds, arrays = population.plan(configs)
     pmesh = population.make_mesh(size, jax.devices()[:1])
-    state = jax.device_put(population.stack([new_state(c.seed) for c in configs]),
+    state = jax.device_put(population.stack([run.init_state(c.seed) for c in configs]),
                            population.member_sharding(pmesh))
     step = population.jit_population_step(
         pmesh, options, student=population.member_model(config.student, config, spec, 1),
         teacher=population.member_model(config.teacher, config, spec, 1),
-        spec=spec, learning_rate_fn=lr_fn, steps_per_epoch=steps_per_epoch,
-        make_optimizer=functools.partial(optim.make_optimizer, config), oracle_steps=1, reference_batch_size=64, label_smoothing=0.0,
-        member_loop=population.member_loop_for(pmesh))
+        spec=spec, learning_rate_fn=run.lr_fn, steps_per_epoch=run.steps_per_epoch,
+        make_optimizer=functools.partial(optim.make_optimizer, config), oracle_steps=1,
+        reference_batch_size=64, label_smoothing=0.0, member_loop=population.member_loop_for(pmesh))
     batch = jax.device_put(batches(len(seeds)))
     box = [state]
 
@@ -145,23 +130,22 @@ def main(argv=None):
     compile_s = time.perf_counter() - start
     # Interleaved: pairs of (population, sequential) timings see the same load.
     pop_times, seq_times = [], []
-    for _ in range(args.steps):
-      pop_times.append(timed(population_step, 1, 0 if pop_times else args.warmup))
-      seq_times.append(timed(sequential, 1, 0 if seq_times else args.warmup))
+    for _ in range(FLAGS.steps):
+      pop_times.append(timed(population_step, 1, 0 if pop_times else FLAGS.warmup))
+      seq_times.append(timed(sequential, 1, 0 if seq_times else FLAGS.warmup))
     t_pop, t_seq = float(np.median(pop_times)), float(np.median(seq_times))
-    per_hour = lambda seconds_per_step, runs: 3600 * runs / (seconds_per_step * args.run_steps)
+    per_hour = lambda seconds_per_step, runs: 3600 * runs / (seconds_per_step * FLAGS.run_steps)
     print(json.dumps(dict(
-        kind='population', members=size, distinct_batches=len(seeds), dataset=args.dataset,
-        teacher=args.teacher, student=args.student, batch=args.batch,
+        kind='population', members=size, distinct_batches=len(seeds), dataset=config.dataset,
+        teacher=config.teacher.model, student=config.student.model, batch=batch_size,
         member_loop=population.member_loop_for(pmesh), backend=jax.default_backend(),
         ms_population_step=round(1e3 * t_pop, 2), ms_sequential_step=round(1e3 * t_seq, 2),
         runs_per_hour_population=round(per_hour(t_pop, size), 1),
         runs_per_hour_sequential=round(per_hour(t_seq, 1), 1),
         speedup=round(t_seq * size / t_pop, 2), compile_s=round(compile_s, 1),
-        sequential_compile_s=round(seq_compile, 1), steps=args.steps,
-        run_steps=args.run_steps)), flush=True)
-  return 0
+        sequential_compile_s=round(seq_compile, 1), steps=FLAGS.steps,
+        run_steps=FLAGS.run_steps)), flush=True)
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(main)

@@ -25,11 +25,13 @@ def model_kwargs(model_config, dtype, conv_impl=None):
 class Run:
   """What a run needs beyond the config: sizes, models, jitted steps. Built once."""
 
-  def __init__(self, config, mesh):
+  def __init__(self, config, mesh, *, num_train=None):
+    """`num_train`: the training split's size where known without reading the data
+    (benchmarks on synthetic batches); by default counted from the dataset."""
     self.config, self.mesh = config, mesh
     self.spec = data.dataset_spec(config.dataset)
     self.data_dir = config.data_dir or None
-    num_train = data.num_examples(self.spec, self.data_dir, 'train')
+    num_train = num_train or data.num_examples(self.spec, self.data_dir, 'train')
     if config.train_examples:
       num_train = min(num_train, config.train_examples)
     self.num_train = num_train
