@@ -12,7 +12,7 @@ DTYPES = ('float32', 'bfloat16')
 SCHEDULES = ('step', 'cosine')
 
 # Every numeric key and the values it takes ('int' = integers only). A sequence (decay
-# epochs, demo seeds) is checked element by element. Keys a config lacks are skipped.
+# epochs) is checked element by element. Keys a config lacks are skipped.
 RANGES = {
     'num_epochs': '[0, inf)', 'train_steps': 'int [0, inf)',
     'train_examples': 'int [0, inf)', 'batch_size': 'int [1, inf)',
@@ -32,7 +32,6 @@ RANGES = {
     'distill.dkd_beta': '[0, inf)', 'distill.dkd_temperature': '(0, inf)',
     'distill.dkd_warmup_epochs': '[0, inf)', 'distill.sad_beta': '[0, inf)',
     'distill.sad_qk_dim': 'int [1, inf)', 'distill.sad_kd_weight': '[0, inf)',
-    'demo_seeds': 'int [0, 2147483647]', 'demo_teacher_steps': 'int [1, inf)',
 }
 _RANGE = re.compile(r'^(int )?([\[(])(\S+), (\S+)([\])])$')
 
