@@ -10,10 +10,7 @@ from absl import flags
 from helpers import REPO
 from oracle_jax import cli
 
-SWEEP = [sys.executable, os.path.join(REPO, 'launch', 'sweep.py'),
-         '--config=' + os.path.join(REPO, 'configs', 'default.py')]
-ANALYZE = [sys.executable, os.path.join(REPO, 'launch', 'analyze.py'),
-           '--config=' + os.path.join(REPO, 'configs', 'default.py'), '--teacher=t']
+DEFAULT = '--config=' + os.path.join(REPO, 'configs', 'default.py')
 
 
 def test_list_flags_parse_and_check_each_element():
@@ -36,14 +33,27 @@ def test_list_flags_parse_and_check_each_element():
       values(['prog', arg])
 
 
-@pytest.mark.parametrize('command,arg,message', [
-    (SWEEP, '--seeds=0,x', "flag --seeds=0,x: element 'x' is not an integer in [0, 2147483647]"),
-    (SWEEP, '--gammas=1,x', "flag --gammas=1,x: element 'x' is not a finite number >= 0"),
-    (SWEEP, '--methods=kd,', "flag --methods=kd,: element '' is not a non-empty string"),
-    (ANALYZE, '--gammas=0,-1', "flag --gammas=0,-1: element '-1' is not a finite number >= 0"),
+@pytest.mark.parametrize('command,message', [
+    (['sweep.py', DEFAULT, '--workdir={tmp}/w', '--seeds=0,x'],
+     "flag --seeds=0,x: element 'x' is not an integer in [0, 2147483647]"),
+    (['sweep.py', DEFAULT, '--workdir={tmp}/w', '--gammas=1,x'],
+     "flag --gammas=1,x: element 'x' is not a finite number >= 0"),
+    (['sweep.py', DEFAULT, '--workdir={tmp}/w', '--methods=kd,'],
+     "flag --methods=kd,: element '' is not a non-empty string"),
+    (['analyze.py', DEFAULT, '--teacher=t', '--out={tmp}/o', '--gammas=0,-1'],
+     "flag --gammas=0,-1: element '-1' is not a finite number >= 0"),
+    (['demo.py', '--workdir={tmp}/w', '--seeds=0,x'],
+     "flag --seeds=0,x: element 'x' is not an integer in [0, 2147483647]"),
+    (['benchmark.py', '--kinds=kd,x'],
+     "flag --kinds=kd,x: element 'x' is not one of student, kd, oracle, forward, reinforce, "
+     'pipeline'),
+    (['benchmark.py', 'population', '--sizes=2,0'],
+     "flag --sizes=2,0: element '0' is not an integer >= 1"),
 ])
-def test_a_bad_list_element_is_one_line(command, arg, message, tmp_path):
-  where = f'--out={tmp_path / "o"}' if command is ANALYZE else f'--workdir={tmp_path / "w"}'
-  proc = subprocess.run(command + [where, arg], capture_output=True, text=True, timeout=120)
+def test_a_bad_list_element_is_one_line(command, message, tmp_path):
+  script, *args = command
+  proc = subprocess.run([sys.executable, os.path.join(REPO, 'launch', script)] +
+                        [a.format(tmp=tmp_path) for a in args],
+                        capture_output=True, text=True, timeout=120)
   assert proc.returncode == 1 and proc.stderr.strip() == f'error: {message}'
   assert not proc.stdout and not os.listdir(tmp_path)
