@@ -20,7 +20,8 @@ a mesh of the first `--devices` devices, its train step as the loop jits it, com
 of time (`compile_s` = trace + lower + XLA compile), warmed up, then timed with
 `block_until_ready` after waiting for a quiet machine; steps during which other processes
 used more than `--other-max` cores are not "clean" and statistics use the clean steps (all
-steps when fewer than half are clean), as `benchmarks/torch_reference.py` does.
+steps when fewer than half are clean), as `benchmarks/torch_reference.py` does
+(benchmarks/timing.py).
 `gflop_per_step` is XLA's `cost_analysis()` of the compiled step (summed over devices),
 `gflop_per_s` that over the median time, `pct_of_peak` that over the float32 GEMM peak
 (`jnp.dot` 2048^3, best of 10) measured in the same run (`--peak`). `compiles` counts XLA
@@ -46,7 +47,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -57,6 +57,7 @@ sys.path.insert(0, REPO)
 
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from benchmarks import timing  # pylint: disable=g-import-not-at-top,wrong-import-position
 from oracle_jax import cli, errors  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TORCH_REFERENCE = os.path.join(REPO, 'benchmarks', 'torch_reference.py')
@@ -67,7 +68,6 @@ TORCH_KINDS = {'student': ('student',), 'kd': ('kd',),
 DATASETS = {10: 'cifar10', 100: 'cifar100'}  # --classes: the CIFAR shapes
 CIFAR_TRAIN = 50_000  # training examples: the schedule's epochs (no data is read)
 CONV_SUFFIXES = ('', 'noopts', 'cpuopts')
-_HZ = os.sysconf('SC_CLK_TCK')
 
 flags.DEFINE_string('teacher', 'resnet56', 'Teacher model.')
 flags.DEFINE_string('student', 'resnet20', 'Student model.')
@@ -128,56 +128,6 @@ def force_host_devices(n):
   found = re.search(r'--xla_force_host_platform_device_count=(\d+)', flags_)
   if found is None and n > 1:
     os.environ['XLA_FLAGS'] = f'{flags_} --xla_force_host_platform_device_count={n}'.strip()
-
-
-# ------------------------------------------------------------------------------------
-# Timing on a shared machine (the quiet-step logic of benchmarks/torch_reference.py)
-# ------------------------------------------------------------------------------------
-
-def host_cpu():
-  """'<CPU model> x<cores>': results from different machines are not comparable."""
-  model = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo') as f:
-      model = next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name'))
-  except (OSError, StopIteration):
-    pass
-  return f'{model} x{os.cpu_count()}'
-
-
-def cpu_jiffies():
-  """(busy jiffies of the whole machine, user+system jiffies of this process)."""
-  with open('/proc/stat') as f:
-    v = [int(t) for t in f.readline().split()[1:9]]
-  with open('/proc/self/stat') as f:
-    s = f.read().rsplit(')', 1)[1].split()
-  return sum(v) - v[3] - v[4], int(s[11]) + int(s[12])
-
-
-def wait_quiet(max_wait, other_max, window=0.5):
-  t_end = time.perf_counter() + max_wait
-  while True:
-    b0, o0 = cpu_jiffies()
-    time.sleep(window)
-    b1, o1 = cpu_jiffies()
-    if ((b1 - b0) - (o1 - o0)) / _HZ / window <= other_max or time.perf_counter() >= t_end:
-      return
-
-
-class CompileCounter(logging.Handler):
-  """Counts 'Finished XLA compilation of jit(NAME)' records (jax_log_compiles)."""
-
-  def __init__(self):
-    super().__init__(logging.DEBUG)
-    self.names = []
-
-  def emit(self, record):
-    m = re.match(r'Finished XLA compilation of jit\((\w+)\)', record.getMessage())
-    if m:
-      self.names.append(m.group(1))
-
-  def count(self, name):
-    return self.names.count(name)
 
 
 # ------------------------------------------------------------------------------------
@@ -326,14 +276,15 @@ class Variant:
       self.args = self.advance(self.args, out)
     self.step_compiles.append(self.counter.count(self.name) - before)
 
-  def record(self, timing, setup, peak):
+  def record(self, measured, setup, peak):
     import jax  # pylint: disable=g-import-not-at-top
     args = setup.args
     compiles = self.compiles + sum(self.step_compiles)
-    rec = dict(timing)
+    rec = dict(measured)
     rec.update(
         framework='jax', jax=jax.__version__, device=jax.devices()[0].platform,
-        host=host_cpu(), devices=setup.num_devices, batch=args.batch, classes=args.classes,
+        host=timing.host_cpu(), devices=setup.num_devices, batch=args.batch,
+        classes=args.classes,
         teacher=None if self.kind == 'student' else args.teacher, student=args.student,
         kind=self.kind, conv_impl=self.conv_name, dtype=args.dtype,
         gamma=args.gamma, T=args.T, compile_s=round(self.compile_s, 2),
@@ -348,79 +299,16 @@ class Variant:
     return rec
 
 
-def with_retries(measure, args):
-  """`measure(quiet_wait)` -> records; repeated (waiting longer for a quiet machine)
-  while a record has fewer than half its steps clean. Keeps the cleanest attempt."""
-  best = measure(args.quiet_wait)
-  for _ in range(args.retries):
-    if min(r['n_clean'] for r in best) >= max(3, args.steps // 2):
-      break
-    again = measure(max(args.quiet_wait, 60.0))
-    if min(r['n_clean'] for r in again) > min(r['n_clean'] for r in best):
-      best = again
-  return best
-
-
-def time_interleaved(variants, args, batch_size, quiet_wait):
-  """Times variants round-robin, one step each per round, so that the machine's load
-  drifts hit all of them alike; a step is clean when others used <= --other-max cores."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  wait_quiet(quiet_wait, args.other_max)
-  times = [[] for _ in variants]
-  clean = [[] for _ in variants]
-  other = [0] * len(variants)
-  rounds = 0
-  while rounds < 3 * args.steps and min(len(c) for c in clean) < args.steps:
-    rounds += 1
-    for i, v in enumerate(variants):
-      b0, o0 = cpu_jiffies()
-      t0 = time.perf_counter()
-      v.step()
-      dt = time.perf_counter() - t0
-      b1, o1 = cpu_jiffies()
-      others = max(0, (b1 - b0) - (o1 - o0))
-      other[i] += others
-      times[i].append(dt)
-      if others <= args.other_max * dt * _HZ + 1:  # +1: jiffy counter granularity
-        clean[i].append(dt)
-  out = []
-  for i in range(len(variants)):
-    use = clean[i] if len(clean[i]) >= max(3, args.steps // 2) else times[i]
-    ms = np.asarray(use) * 1e3
-    median = float(np.median(ms))
-    out.append({'ms_median': round(median, 3),
-                'ms_p25': round(float(np.percentile(ms, 25)), 3),
-                'ms_min': round(float(ms.min()), 3),
-                'img_per_s': round(batch_size / median * 1e3, 1),
-                'n_timed': len(times[i]), 'n_clean': len(clean[i]),
-                'others_cores': round(other[i] / _HZ / sum(times[i]), 3)})
-  return out
-
-
 def time_kind(args, kind, prepared, torch_on):
   """One round of a kind: its variants timed interleaved, then (`torch_on`: a device)
   PyTorch's same steps in a subprocess. Returns (timings per variant, torch records)."""
-  timings = with_retries(lambda wait: time_interleaved(prepared, args, args.batch, wait), args)
+  timings = timing.with_retries(
+      lambda wait: timing.time_interleaved(prepared, args, args.batch, wait), args)
   theirs = []
   if torch_on and kind in TORCH_KINDS:
-    theirs = with_retries(lambda wait: run_torch(args, TORCH_KINDS[kind], wait, torch_on), args)
+    theirs = timing.with_retries(
+        lambda wait: run_torch(args, TORCH_KINDS[kind], wait, torch_on), args)
   return timings, theirs
-
-
-def combine_rounds(timings, batch_size):
-  """One timing (or torch record) from a measurement's rounds: medians of the rounds'
-  figures, so that a ratio of two of them resists the machine's speed drifting between
-  rounds (each round times ours and PyTorch's steps back to back)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  medians = [t['ms_median'] for t in timings]
-  median = float(np.median(medians))
-  return dict(timings[-1], ms_median=round(median, 3), ms_median_rounds=medians,
-              ms_p25=round(float(np.median([t['ms_p25'] for t in timings])), 3),
-              ms_min=min(t['ms_min'] for t in timings),
-              img_per_s=round(batch_size / median * 1e3, 1),
-              n_timed=sum(t['n_timed'] for t in timings),
-              n_clean=sum(t['n_clean'] for t in timings),
-              others_cores=round(float(np.mean([t['others_cores'] for t in timings])), 3))
 
 
 def emit_kind(kind, names, recs, theirs, tag):
@@ -456,18 +344,18 @@ def run_pipeline(setup):
   for _ in range(args.warmup):
     step()
   n_batches = max(200, 10 * args.steps)
-  wait_quiet(args.quiet_wait, args.other_max)
-  b0, o0 = cpu_jiffies()
+  timing.wait_quiet(args.quiet_wait, args.other_max)
+  b0, o0 = timing.cpu_jiffies()
   t0 = time.perf_counter()
   for _ in range(n_batches):  # throughput: the prefetch thread overlaps batches
     step()
   elapsed = time.perf_counter() - t0
-  b1, o1 = cpu_jiffies()
+  b1, o1 = timing.cpu_jiffies()
   return {'framework': 'jax', 'kind': 'pipeline', 'batch': args.batch, 'classes': args.classes,
           'teacher': None, 'student': None, 'devices': setup.num_devices,
           'ms_median': round(elapsed / n_batches * 1e3, 3),
           'img_per_s': round(n_batches * args.batch / elapsed, 1), 'n_timed': n_batches,
-          'others_cores': round(max(0, (b1 - b0) - (o1 - o0)) / _HZ / elapsed, 3),
+          'others_cores': round(max(0, (b1 - b0) - (o1 - o0)) / timing.HZ / elapsed, 3),
           'gflop_per_step': 0.0}
 
 
@@ -480,7 +368,7 @@ def measure_peak(args, repeats=20, n=2048):
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
   dot = jax.jit(jnp.dot)
   dot(a, b).block_until_ready()
-  wait_quiet(args.quiet_wait, args.other_max)
+  timing.wait_quiet(args.quiet_wait, args.other_max)
   best = float('inf')
   for _ in range(repeats):
     t0 = time.perf_counter()
@@ -526,7 +414,7 @@ def main(argv):
   args = parse_args()
   force_host_devices(max(args.devices))
   import jax  # pylint: disable=g-import-not-at-top
-  counter = CompileCounter()
+  counter = timing.CompileCounter()
   jax_logger = logging.getLogger('jax')
   jax_logger.addHandler(counter)
   jax_logger.setLevel(logging.DEBUG)
@@ -553,7 +441,7 @@ def main(argv):
     rounds = [time_kind(args, kind, prepared, torch_on) for _ in range(args.rounds)]
     tags = [{'round': i} for i in range(args.rounds)] if args.rounds > 1 else [{}]
     if args.rounds > 1:  # then one record per measurement: medians over the rounds
-      rounds.append(tuple([combine_rounds(list(same), args.batch) for same in zip(*part)]
+      rounds.append(tuple([timing.combine_rounds(list(same), args.batch) for same in zip(*part)]
                           for part in zip(*rounds)))
       tags.append({'rounds': args.rounds})
     for (timings, theirs), tag in zip(rounds, tags):

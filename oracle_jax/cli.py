@@ -53,18 +53,21 @@ class _ListOf(flags.ListParser):
     return values
 
   def check(self, text):
+    """`text` as an `element`, or a ValueError naming it."""
     try:
       value = self.element(text)
     except (TypeError, ValueError):
       value = None
-    ok = value is not None and value != '' and (
-        not isinstance(value, float) or math.isfinite(value)) and (
-            self.low is None or value >= self.low) and (
-                self.high is None or value <= self.high) and (
-                    not self.choices or value in self.choices)
-    if not ok:
+    if value is None or not self.allows(value):
       raise ValueError(f'element {text!r} is not {self.describe()}')
     return value
+
+  def allows(self, value):
+    if self.choices:
+      return value in self.choices
+    if value == '' or (isinstance(value, float) and not math.isfinite(value)):
+      return False
+    return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
 
 
 def define_list(name, default, help_text, element=str, *, low=None, high=None, choices=(),
