@@ -108,8 +108,8 @@ class ArgumentError(ValueError):
 def parse_arg(arg, **spec):
   """`arg` as a ConfigDict of `spec`'s keys, in big_vision's `parse_arg` style.
 
-  `arg` is comma-separated `key=value` items; an item without `=` is the value of the next
-  key of `spec` in order, so `file.py:resnet56,resnet20,method=dkd` sets the first two
+  `arg` is comma-separated `key=value` items; an item without `=` is the value of the first
+  key of `spec` not yet given, so `file.py:resnet56,resnet20,method=dkd` sets the first two
   keys by position. Each value is converted to the type of its default in `spec`.
   """
   items, keys = [item for item in (arg or '').split(',') if item], list(spec)
@@ -133,10 +133,10 @@ def parse_arg(arg, **spec):
 def _converted(text, default, key):
   if isinstance(default, bool):
     if text.lower() not in ('true', 'false'):
-      raise ArgumentError(f'config argument {key}={text!r}: true or false.')
+      raise ArgumentError(f'config argument {key}={text!r} must be true or false.')
     return text.lower() == 'true'
   try:
     return type(default)(text)
   except ValueError:
-    raise ArgumentError(f'config argument {key}={text!r}: expected {type(default).__name__}.'
-                        ) from None
+    raise ArgumentError(f'config argument {key}={text!r} must be of type '
+                        f'{type(default).__name__}.') from None

@@ -43,7 +43,8 @@ def test_parse_arg_takes_values_in_order_or_by_key():
                                                   oracle=False)
   for bad, message in [('a,b,1,true,x', "'a,b,1,true,x' has too many values"),
                        ('a,teacher=b', "has 'teacher' twice"), ('gamma=1', "has no key 'gamma'"),
-                       ('steps=x', "steps='x': expected int"), ('oracle=1', 'true or false')]:
+                       ('steps=x', "steps='x' must be of type int"),
+                       ('oracle=1', "oracle='1' must be true or false")]:
     with pytest.raises(common.ArgumentError, match=message):
       parse(bad)
   with pytest.raises(common.ArgumentError, match='this config takes no argument'):
