@@ -9,7 +9,8 @@ before any work is done.
 import jax
 import numpy as np
 
-from oracle_jax import checkpoints, fileio, models, torch_import, zoo
+from oracle_jax import checkpoints, fileio, models
+from oracle_jax.interop import torch_import, zoo
 
 _NO_CHECKPOINT = ('teacher.checkpoint is empty: set it to a model checkpoint directory (e.g. '
                   'WORKDIR/teacher of a method=scratch run) or a PyTorch .pth file.')

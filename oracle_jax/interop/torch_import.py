@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from oracle_jax import checkpoints, errors, fileio, models, pth_reader
+from oracle_jax import checkpoints, errors, fileio, models
+from oracle_jax.interop import pth_reader
 
 _STATE_DICT_KEYS = ('state_dict', 'model_state_dict', 'model', 'net', 'student', 'module')
 

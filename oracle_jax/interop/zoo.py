@@ -24,7 +24,8 @@ import urllib.error
 import urllib.request
 import uuid
 
-from oracle_jax import data, errors, fileio, torch_import
+from oracle_jax import data, errors, fileio
+from oracle_jax.interop import torch_import
 
 PREFIX = 'zoo:'
 _CHUNK = 1 << 20
