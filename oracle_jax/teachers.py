@@ -14,7 +14,8 @@ from oracle_jax import checkpoints, fileio, models
 from oracle_jax.interop import torch_import, zoo
 
 _NO_CHECKPOINT = ('teacher.checkpoint is empty: set it to a model checkpoint directory (e.g. '
-                  'WORKDIR/teacher of a method=scratch run), a PyTorch .pth or a .safetensors file.')
+                  'WORKDIR/teacher of a method=scratch run), a PyTorch .pth or a .safetensors '
+                  'file.')
 _NOT_FOUND = ('Train a teacher with --config.method=scratch (it is kept in WORKDIR/teacher) '
               'or import a PyTorch one with `python -m oracle_jax.torch_import IN.pth OUT_DIR '
               '--model=… --num_classes=…`.')

@@ -82,7 +82,7 @@ def _figures(run_results):
           run_results.get('final_train_loss'))
 
 
-def _population_member(run_dir, results):
+def _population_member(run_dir):
   """`(step, variables)` of a population member: its row of the stacked state of the
   population (`WORKDIR/populations/*`) whose figures for that row are the member's and
   whose name is the hash of the members so identified."""
@@ -121,7 +121,7 @@ def from_run(run_dir):
     model = from_model_directory(run_dir / 'teacher')
     step, variables = model.num_batches_tracked, model.variables
   else:
-    step, variables = _population_member(run_dir, results)
+    step, variables = _population_member(run_dir)
   if step != results.get('steps'):
     raise ExportError(f'The newest checkpoint of {str(run_dir)!r} is step {step}, but the run '
                       f'finished at step {results.get("steps")}; its final model is gone.')

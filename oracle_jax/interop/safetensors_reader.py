@@ -42,9 +42,8 @@ def is_safetensors(path) -> bool:
 
 
 def _shown(text, limit=60):
-  """A name from the file as one printable line."""
-  text = ascii(text)[1:-1] if not text.isprintable() else text
-  return text if len(text) <= limit else text[:limit] + '...'
+  """A string from the file, quoted, as one printable line."""
+  return ascii(text if len(text) <= limit else text[:limit] + '...')
 
 
 def _is_count(value):
@@ -63,8 +62,6 @@ def _parse_header(raw: bytes):
     header = json.loads(raw.decode('utf-8'), object_pairs_hook=_no_duplicates)
   except (UnicodeDecodeError, ValueError, RecursionError) as e:
     raise _Bad(f'its header is not JSON ({type(e).__name__})') from None
-  if not isinstance(header, dict):
-    raise _Bad('its header is not a JSON object')
   metadata = header.pop('__metadata__', {})
   if not (isinstance(metadata, dict) and
           all(isinstance(v, str) for v in metadata.values())):
@@ -75,18 +72,18 @@ def _parse_header(raw: bytes):
 def _check_entry(name, entry, data_size):
   """(dtype, shape, begin, end) of one tensor, every field checked."""
   if not isinstance(entry, dict) or set(entry) != _FIELDS:
-    raise _Bad(f'tensor {_shown(name)!r} needs exactly the fields {sorted(_FIELDS)}')
+    raise _Bad(f'tensor {_shown(name)} needs exactly the fields {sorted(_FIELDS)}')
   dtype, shape, offsets = entry['dtype'], entry['shape'], entry['data_offsets']
   if not isinstance(dtype, str) or dtype not in _DTYPES:
-    raise _Bad(f'tensor {_shown(name)!r} has dtype {_shown(str(dtype))!r}, not one of '
+    raise _Bad(f'tensor {_shown(name)} has dtype {_shown(str(dtype))}, not one of '
                f'{", ".join(_DTYPES)}')
   if not (isinstance(shape, list) and len(shape) <= MAX_DIMS and
           all(_is_count(d) for d in shape)):
-    raise _Bad(f'tensor {_shown(name)!r}: its shape is not a list of at most {MAX_DIMS} '
+    raise _Bad(f'tensor {_shown(name)}: its shape is not a list of at most {MAX_DIMS} '
                'non-negative integers')
   if not (isinstance(offsets, list) and len(offsets) == 2 and
           all(_is_count(o) for o in offsets) and offsets[0] <= offsets[1] <= data_size):
-    raise _Bad(f'tensor {_shown(name)!r}: data_offsets must be [begin, end] with '
+    raise _Bad(f'tensor {_shown(name)}: data_offsets must be [begin, end] with '
                f'0 <= begin <= end <= {data_size} (the data region\'s size)')
   count = 1
   for d in shape:
@@ -94,8 +91,8 @@ def _check_entry(name, entry, data_size):
     if count > data_size:  # stops before the product of hostile dims grows large
       break
   if count * _DTYPES[dtype].itemsize != offsets[1] - offsets[0]:
-    raise _Bad(f'tensor {_shown(name)!r}: its shape {tuple(shape)} of {dtype} does not '
-               f'fill its {offsets[1] - offsets[0]} bytes')
+    raise _Bad(f'tensor {_shown(name)}: its shape {_shown(str(tuple(shape)))} of {dtype} '
+               f'does not fill its {offsets[1] - offsets[0]} bytes')
   return _DTYPES[dtype], tuple(shape), offsets[0], offsets[1]
 
 
@@ -104,7 +101,7 @@ def _check_layout(entries, data_size):
   position = 0
   for name, (_, _, begin, end) in sorted(entries.items(), key=lambda e: e[1][2:]):
     if begin != position:
-      raise _Bad(f'tensor {_shown(name)!r} starts at byte {begin} of the data region, '
+      raise _Bad(f'tensor {_shown(name)} starts at byte {begin} of the data region, '
                  f'expected {position} ({"overlapping" if begin < position else "a gap"})')
     position = end
   if position != data_size:
@@ -119,7 +116,7 @@ def parse(blob: bytes):
   if size > min(MAX_HEADER_BYTES, len(blob) - 8):
     raise _Bad(f'its header length {size} exceeds the file ({len(blob)} bytes) or the '
                f'{MAX_HEADER_BYTES}-byte limit')
-  if blob[8:9] != b'{':
+  if blob[8:9] != b'{':  # so the header, once parsed, is an object
     raise _Bad('its header does not start with "{"')
   header, metadata = _parse_header(blob[8:8 + size])
   data = memoryview(blob)[8 + size:]

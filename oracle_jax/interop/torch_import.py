@@ -285,11 +285,14 @@ def convert_file(path: str, out_dir, model_name: str, num_classes: int, architec
                  **meta):
   """Converts the .pth or .safetensors at `path` into a model checkpoint in `out_dir`
   (`checkpoints.save_model`) whose meta records the model, its class count, its
-  `architecture` options, the BatchNorms' `num_batches_tracked` (for export) and `meta`."""
+  `architecture` options, the BatchNorms' `num_batches_tracked` where the file has them
+  (for export) and `meta`."""
   architecture = architecture or {}
   variables, counts = read_model(path, model_name, num_classes, **architecture)
+  if counts:
+    meta['num_batches_tracked'] = counts
   checkpoints.save_model(out_dir, variables, model=model_name, num_classes=num_classes,
-                         num_batches_tracked=counts, **architecture, **meta)
+                         **architecture, **meta)
 
 
 def main(argv=None):
