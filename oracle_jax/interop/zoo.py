@@ -3,7 +3,7 @@
     python -m oracle_jax.zoo list
     python -m oracle_jax.zoo fetch official/cifar100/resnet56 [--dir D]
 
-`fetch` downloads the teacher's `.pth`, checks its SHA-256, converts it with
+`fetch` downloads the teacher's `.pth` (or `.safetensors`), checks its SHA-256, converts it with
 `torch_import.load` into an orbax teacher checkpoint `D/<name>` (D defaults to
 $ORACLE_JAX_ZOO, else ~/.cache/oracle_jax/zoo) and prints the flags that use it. A config
 can name the teacher instead of a path, `teacher.checkpoint = 'zoo:<name>'`: the training
@@ -24,7 +24,8 @@ import urllib.error
 import urllib.request
 import uuid
 
-from oracle_jax import data, errors, fileio, torch_import
+from oracle_jax import data, errors, fileio
+from oracle_jax.interop import safetensors_reader, torch_import
 
 PREFIX = 'zoo:'
 _CHUNK = 1 << 20
@@ -150,7 +151,8 @@ def _verify(path, sha256):
 
 
 def _convert(name, teacher, source, teacher_dir, sha256):
-  """`source` (.pth) → an orbax teacher checkpoint at `teacher_dir`, written aside first."""
+  """`source` (.pth, .safetensors) → an orbax teacher checkpoint at `teacher_dir`, written
+  aside first."""
   staging = teacher_dir.parent / f'.{teacher_dir.name}.converting-{uuid.uuid4().hex[:12]}'
   try:
     torch_import.convert_file(str(source), staging, teacher.arch, teacher.classes,
@@ -166,12 +168,17 @@ def _convert(name, teacher, source, teacher_dir, sha256):
       staging.rmtree()
 
 
+def source_suffix(url):
+  """How a teacher's downloaded file is named: `.safetensors` for such a URL, else `.pth`."""
+  return safetensors_reader.SUFFIX if safetensors_reader.is_safetensors(url) else '.pth'
+
+
 def fetch(name, directory=None):
   """The orbax teacher checkpoint of zoo teacher `name` in `directory`, fetched and
-  converted unless already there; the verified `.pth` is kept beside it."""
+  converted unless already there; the verified `.pth` (or `.safetensors`) is kept beside it."""
   teacher = entry(name)
   directory = fileio.path(directory) if directory else default_directory()
-  teacher_dir, source = directory / name, directory / f'{name}.pth'
+  teacher_dir, source = directory / name, directory / f'{name}{source_suffix(teacher.url)}'
   if teacher_dir.exists():
     return teacher_dir
   if not source.exists():

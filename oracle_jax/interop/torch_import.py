@@ -6,7 +6,8 @@ pickled whole `nn.Module`. Zip (PyTorch ≥ 1.6) and legacy files are read **wit
 PyTorch** and as data, never as code (`pth_reader`: an exact allowlist of globals, inert
 stand-ins for model classes, bounds-checked tensor views), so importing a teacher needs
 neither torch nor the model's Python code, and a hostile file is refused before anything
-in it runs.
+in it runs. A `.safetensors` file (timm's, Hugging Face's; `safetensors_reader`) works
+wherever a `.pth` does.
 
     python -m oracle_jax.torch_import IN.pth OUT_DIR --model=resnet56 --num_classes=100
 """
@@ -17,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from oracle_jax import checkpoints, errors, fileio, models, pth_reader
+from oracle_jax import checkpoints, errors, fileio, models
+from oracle_jax.interop import pth_reader, safetensors_reader
 
 _STATE_DICT_KEYS = ('state_dict', 'model_state_dict', 'model', 'net', 'student', 'module')
 
@@ -142,8 +144,13 @@ def _check_keys(arrays, names, model_name):
         f'Check --model (or teacher.model) against the architecture it was saved from.')
 
 
-def to_state_dict(variables):
-  """The inverse of `convert_state_dict`: Flax variables → PyTorch names and layouts."""
+def to_state_dict(variables, num_batches_tracked=None):
+  """The inverse of `convert_state_dict`: Flax variables → PyTorch names and layouts.
+
+  With `num_batches_tracked` (a count, or `{BatchNorm name: count}` as `batches_tracked`
+  returns, 0 for a BatchNorm it lacks) every BatchNorm also gets PyTorch's int64
+  `<name>.num_batches_tracked` buffer, so the result is a whole PyTorch state_dict.
+  """
   flat, _ = jax.tree_util.tree_flatten_with_path(variables)
   out = {}
   for path, leaf in flat:
@@ -153,6 +160,23 @@ def to_state_dict(variables):
     elif leaf.ndim == 2:
       leaf = leaf.T
     out[_torch_name(path)] = leaf
+  if num_batches_tracked is not None:
+    for layer in [n[:-len('.running_mean')] for n in out if n.endswith('.running_mean')]:
+      count = (num_batches_tracked.get(layer, 0) if isinstance(num_batches_tracked, Mapping)
+               else num_batches_tracked)
+      out[f'{layer}.num_batches_tracked'] = np.asarray(count, np.int64)
+  return out
+
+
+def batches_tracked(state_dict: Mapping[str, Any]):
+  """`{BatchNorm name: num_batches_tracked}` of a PyTorch state_dict, the counts that are
+  non-negative integers (`convert_state_dict` drops them: inference does not use them)."""
+  out = {}
+  for name, value in state_dict.items():
+    value = np.asarray(value)
+    if (name.endswith('.num_batches_tracked') and value.size == 1 and
+        np.issubdtype(value.dtype, np.integer) and value.reshape(()) >= 0):
+      out[_strip_prefix(name)[:-len('.num_batches_tracked')]] = int(value.reshape(()))
   return out
 
 
@@ -234,28 +258,47 @@ def read_state_dict(path: str):
   return state
 
 
-def load(path: str, model_name: str, num_classes: int, **model_kwargs):
-  """Reads a .pth file and returns Flax variables `{'params', 'batch_stats'}`."""
-  state_dict = read_state_dict(path)
+def read_weights(path: str):
+  """The state_dict of a `.safetensors` file (by its suffix) or of a `.pth` file."""
+  if safetensors_reader.is_safetensors(path):
+    return safetensors_reader.read_state_dict(path)
+  return read_state_dict(path)
+
+
+def read_model(path: str, model_name: str, num_classes: int, **model_kwargs):
+  """`(variables, counts)` of a .pth or .safetensors file: the Flax variables and each
+  BatchNorm's `num_batches_tracked` (`batches_tracked`)."""
+  state_dict = read_weights(path)
   try:
-    return convert_state_dict(state_dict, model_name, num_classes, **model_kwargs)
+    variables = convert_state_dict(state_dict, model_name, num_classes, **model_kwargs)
   except CheckpointMismatchError as e:
     raise type(e)(f'{path}: {e}') from None
+  return variables, batches_tracked(state_dict)
+
+
+def load(path: str, model_name: str, num_classes: int, **model_kwargs):
+  """Reads a .pth or .safetensors file and returns Flax variables `{'params', 'batch_stats'}`."""
+  return read_model(path, model_name, num_classes, **model_kwargs)[0]
 
 
 def convert_file(path: str, out_dir, model_name: str, num_classes: int, architecture=None,
                  **meta):
-  """Converts the .pth at `path` into a model checkpoint in `out_dir` (`checkpoints.save_model`)
-  whose meta records the model, its class count, its `architecture` options and `meta`."""
+  """Converts the .pth or .safetensors at `path` into a model checkpoint in `out_dir`
+  (`checkpoints.save_model`) whose meta records the model, its class count, its
+  `architecture` options, the BatchNorms' `num_batches_tracked` where the file has them
+  (for export) and `meta`."""
   architecture = architecture or {}
-  variables = load(path, model_name, num_classes, **architecture)
+  variables, counts = read_model(path, model_name, num_classes, **architecture)
+  if counts:
+    meta['num_batches_tracked'] = counts
   checkpoints.save_model(out_dir, variables, model=model_name, num_classes=num_classes,
                          **architecture, **meta)
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('checkpoint', help='the .pth file')
+  parser = argparse.ArgumentParser(prog='python -m oracle_jax.torch_import',
+                                   description=__doc__.split('\n\n')[0])
+  parser.add_argument('checkpoint', help='the .pth or .safetensors file')
   parser.add_argument('out_dir', help='orbax checkpoint directory to write')
   parser.add_argument('--model', required=True, choices=models.NAMES)
   parser.add_argument('--num_classes', required=True, type=int)

@@ -1,0 +1,5 @@
+import sys
+
+from oracle_jax.interop import zoo
+
+sys.exit(zoo.main())
