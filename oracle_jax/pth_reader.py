@@ -6,13 +6,13 @@ least as strict as `torch.load(weights_only=True)`); model classes become inert 
 Tensors are bounds-checked numpy views of storages read once each. Formats: zip (torch >=
 1.6: `<root>/data.pkl`, one record per storage) and the legacy stream (torch < 1.6).
 
-The cost contract, whatever the bytes: reading a file whose pickles hold p bytes and whose
-storages hold s bytes takes time <= a*(p + s) + c and memory <= 64*p + 2*s + 8 MiB (legacy:
-p is the whole file). Every handler charges a `Budget` of `UNITS_PER_BYTE` units per pickle
-byte (a unit: one step, or 8 bytes held), a memoised object again each time it is walked;
-integers, dims (< 2**48, ndim <= 64) and container keys (str, bytes, small int) are bounded
-as torch writes them; zip records must match the archive's layout before they are read.
-Every failure is an `UnsafeCheckpointError` or `MalformedCheckpointError` naming the file.
+The cost contract, whatever the bytes: a file whose pickles hold p bytes (legacy: p is the
+whole file) and whose storages hold s bytes is read in time <= a*(p + s) + c and memory <=
+64*p + 2*s + c. Every handler charges a `Budget` of `UNITS_PER_BYTE` units per pickle byte
+(a unit: a step, or 8 bytes held; a memoised object again wherever it is walked); ints,
+dims (< 2**48, ndim <= 64) and container keys (str, bytes, int < 2**61) are bounded as torch
+writes them; zip records must fit the archive's layout before they are read. Every failure
+is an `UnsafeCheckpointError` or `MalformedCheckpointError` naming the file.
 """
 import collections
 import io
@@ -68,7 +68,7 @@ def _damaged_message(file, reason):
 # ----------------------------------------------------------------------------- the budget
 
 UNITS_PER_BYTE = 8  # a pickle byte may cost 8 units: 64 bytes held (genuine files: < 2)
-BASE_UNITS = 1 << 20  # what any file may cost: 8 MiB, about a second
+BASE_UNITS = 1 << 18  # what any file may cost: 2 MiB, a fraction of a second
 
 
 class Budget:
@@ -284,7 +284,7 @@ def _new_ordered_dict(budget, items=()):
   """OrderedDict(); Python 2 pickled one as OrderedDict([[key, value], ...])."""
   if not isinstance(items, (list, tuple)):
     raise _Damaged('an OrderedDict is built from something that is not a list of pairs')
-  budget.charge(16 + 18 * len(items))
+  budget.charge(16 + 12 * len(items))
   if not all(isinstance(i, (list, tuple)) and len(i) == 2 for i in items):
     raise _Damaged('an OrderedDict is built from something that is not a list of pairs')
   _check_keys([k for k, _ in items])
@@ -310,7 +310,7 @@ def _check_keys(keys):
 def _new_set(budget, items=()):
   if not isinstance(items, list):
     raise _Damaged('a set is built from something that is not a list')
-  budget.charge(28 + 10 * len(items))
+  budget.charge(28 + 14 * len(items))
   _check_keys(items)
   return set(items)
 
@@ -404,6 +404,8 @@ class _Unpickler:
       budget.charge(1)
       try:
         _HANDLERS[op.name](self, arg)
+      except errors.UserError:
+        raise  # the budget's, which names the file (and is a ValueError)
       except (IndexError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise _Damaged(f'its pickle is malformed at byte {position} ({op.name}: '
                        f'{type(e).__name__} {_shown(str(e))})') from None
@@ -453,7 +455,7 @@ class _Unpickler:
 
   def _frozenset(self, _):
     items = self._pop_mark()
-    self._charge(28 + 10 * len(items))
+    self._charge(28 + 14 * len(items))
     _check_keys(items)
     self._stack.append(frozenset(items))
 
@@ -483,7 +485,7 @@ class _Unpickler:
 
   def _add_items(self, _):
     items = self._pop_mark()
-    self._charge(10 * len(items))
+    self._charge(14 * len(items))
     _check_keys(items)
     self._target(set).update(items)
 
@@ -499,7 +501,7 @@ class _Unpickler:
   def _put(self, index):
     if not 0 <= index < _MAX_MEMO_INDEX:
       raise ValueError(f'memo index beyond {_MAX_MEMO_INDEX}')
-    self._charge(10)  # a memo entry and its int key
+    self._charge(6)  # a memo entry and its int key
     self._memo[index] = self._stack[-1]
 
   def _memoize(self, _):
@@ -547,7 +549,7 @@ class _Unpickler:
     for part in parts:
       if not isinstance(part, dict):
         raise TypeError('an object state that is not a dict')
-      self._charge(10 * len(part))  # copied: a memoised state is charged each time
+      self._charge(6 * len(part))  # copied: a memoised state is charged each time
       target.state.update(part)
 
   def _persistent_id(self, _):
@@ -594,7 +596,7 @@ def _pops_tuple(n):
 def _set_items(budget, target, items):
   if len(items) % 2:
     raise ValueError('an odd number of dict items')
-  budget.charge(5 * len(items))  # a dict entry, with room to grow: about 80 bytes
+  budget.charge(3 * len(items))  # a dict entry, with room to grow: about 48 bytes
   _check_keys(items[::2])
   target.update(zip(items[::2], items[1::2]))
 
