@@ -6,13 +6,13 @@ least as strict as `torch.load(weights_only=True)`); model classes become inert 
 Tensors are bounds-checked numpy views of storages read once each. Formats: zip (torch >=
 1.6: `<root>/data.pkl`, one record per storage) and the legacy stream (torch < 1.6).
 
-The cost contract, whatever the bytes: a file whose pickles hold p bytes (legacy: p is the
-whole file) and whose storages hold s bytes is read in time <= a*(p + s) + c and memory <=
-64*p + 2*s + c. Every handler charges a `Budget` of `UNITS_PER_BYTE` units per pickle byte
-(a unit: a step, or 8 bytes held; a memoised object again wherever it is walked); ints,
-dims (< 2**48, ndim <= 64) and container keys (str, bytes, int < 2**61) are bounded as torch
-writes them; zip records must fit the archive's layout before they are read. Every failure
-is an `UnsafeCheckpointError` or `MalformedCheckpointError` naming the file.
+The cost contract, whatever the bytes: a file whose pickles and zip directory hold p bytes
+(legacy: the whole file) and whose storages hold s bytes is read in time <= a*(p + s) + c
+and memory <= 64*p + 2*s + c. Every handler charges a `Budget` of `UNITS_PER_BYTE` units
+per pickle byte (a unit: a step, or 8 bytes held; a memoised object again wherever it is
+walked); ints, dims (< 2**48, ndim <= 64) and keys (str, bytes, int < 2**61) are bounded as
+torch writes them; zip records must fit the archive's layout before any is read. Every
+failure is an `UnsafeCheckpointError` or `MalformedCheckpointError` naming the file.
 """
 import collections
 import io

@@ -165,9 +165,21 @@ def _value_ops():
       st.binary(max_size=12).map(lambda b: b'C' + bytes([len(b)]) + b),
       st.floats().map(lambda f: b'G' + struct.pack('>d', f)),
       st.sampled_from([b'N', b'\x88', b'\x89', b')', b']', b'}', b'\x8f']),
-      st.tuples(st.integers(1, 8), st.integers(0, 8), st.integers(0, 3)).map(
-          lambda t: _tensor(t[0], (t[1],), (t[2],))),
+      _tensors(),
   )
+
+
+def _tensors():
+  """`_rebuild_tensor_v2` calls on storage '0', sizes and strides of one length."""
+  return st.integers(0, 3).flatmap(lambda ndim: st.builds(
+      _tensor, st.sampled_from([4, 4, 1, 0, 2**40]),
+      st.lists(st.sampled_from(EDGES), min_size=ndim, max_size=ndim),
+      st.lists(st.sampled_from(EDGES), min_size=ndim, max_size=ndim),
+      st.sampled_from([0, 0, 0, 1] + EDGES)))
+
+
+# Sizes, strides and offsets: mostly plausible, some at or past what the reader allows.
+EDGES = [0, 1, 1, 2, 3, 4, 2**31, 2**48 - 1, 2**48, 2**63, 2**70]
 
 
 def _tensor(numel, size, stride, offset=0):
@@ -185,22 +197,63 @@ STRUCTURE_OPS = [b'(', b't', b'l', b'd', b'\x85', b'\x86', b'\x87', b'a', b'e', 
                  b'X\x08\x00\x00\x00_modulesX\x0b\x00\x00\x00_parameters']
 
 
+def _opcodes(x):
+  return pickle.dumps(x, 2)[2:-1]
+
+
+KEYS = st.one_of(st.sampled_from(['w', 'bias', 'layer1.0', '_modules', '_parameters',
+                                  '_buffers', 'state_dict', 'model', 'training']).map(_opcodes),
+                 st.sampled_from([0, 7, -1, 2**61 - 2, 2**61, 2**64, 1.5, True, None, b'k',
+                                  ()]).map(_opcodes))
+ORDERED_DICT, SET = b'ccollections\nOrderedDict\n', b'cbuiltins\nset\n'
+
+
+def _containers(children):
+  """Well-formed containers of well-formed values: the places torch's pickles nest."""
+  items = st.lists(st.tuples(KEYS, children), max_size=5).map(
+      lambda kv: b''.join(k + v for k, v in kv))
+  values = st.lists(children, max_size=5).map(b''.join)
+  return st.one_of(
+      values.map(lambda v: b'(' + v + b't'), values.map(lambda v: b'(' + v + b'l'),
+      items.map(lambda i: b'}(' + i + b'u'), items.map(lambda i: b'(' + i + b'd'),
+      items.map(lambda i: ORDERED_DICT + b')R(' + i + b'u'),
+      st.lists(st.tuples(KEYS, children), max_size=4).map(  # Python 2's OrderedDict(pairs)
+          lambda kv: ORDERED_DICT + b'((' + b''.join(b'(' + k + v + b'l' for k, v in kv) +
+          b'ltR'),
+      st.lists(KEYS, max_size=4).map(lambda k: SET + b'((' + b''.join(k) + b'ltR'),
+      items.map(lambda i: b'cmodels.resnet\nNet\n)\x81}(' + i + b'ub'),  # a module
+      children.map(lambda t: b'ctorch._utils\n_rebuild_parameter\n(' + t + b'\x88' +
+                   ORDERED_DICT + b')RtR'),
+      st.tuples(children, st.integers(0, 8)).map(lambda t: t[0] + b'q' + bytes([t[1]])),
+      st.integers(0, 8).map(lambda i: b'h' + bytes([i])),  # memoised earlier, or not
+  )
+
+
 @st.composite
 def generated(draw):
-  """A pickle from the opcode grammar, in a zip (one 0-64 byte storage) or legacy file."""
-  memo_ops = st.integers(0, 8).flatmap(lambda i: st.sampled_from(
-      [b'q' + bytes([i]), b'h' + bytes([i])]))
-  ops = draw(st.lists(st.one_of(_value_ops(), st.sampled_from(STRUCTURE_OPS), memo_ops),
-                      max_size=60))
-  body = b'\x80' + bytes([draw(st.sampled_from([2, 4]))]) + b''.join(ops) + b'.'
-  storage = draw(st.binary(max_size=64))
+  """A pickle from the opcode grammar, in a zip (one storage, '0') or a legacy file: mostly
+  well-formed values (scalars, tensors, containers, modules, memo references), sometimes
+  a raw run of opcodes."""
+  if draw(st.integers(0, 3)):
+    value = draw(st.recursive(st.one_of(_value_ops(), _tensors()), _containers,
+                              max_leaves=20))
+    if draw(st.booleans()):
+      value = b'}(' + _opcodes('state_dict') + value + b'u'
+  else:
+    memo_ops = st.integers(0, 8).flatmap(lambda i: st.sampled_from(
+        [b'q' + bytes([i]), b'h' + bytes([i])]))
+    value = b''.join(draw(st.lists(st.one_of(_value_ops(), _tensors(),
+                                             st.sampled_from(STRUCTURE_OPS), memo_ops),
+                                   max_size=60)))
+  body = b'\x80' + bytes([draw(st.sampled_from([2, 4]))]) + value + b'.'
+  storage = draw(st.one_of(st.just(bytes(range(16))), st.binary(max_size=64)))  # 4 floats
   if draw(st.booleans()):
     records = [('archive/data.pkl', body), ('archive/data/0', storage)]
     if draw(st.booleans()):
       records.append(('archive/byteorder', draw(st.sampled_from([b'little', b'big']))))
     return rezip(records)
   header = b''.join(pickle.dumps(x, 2) for x in (
-      pth_reader._LEGACY_MAGIC, 1001, {'little_endian': True}))  # pylint: disable=protected-access
+      0x1950A86A20F9469CFC6C, 1001, {'little_endian': True}))  # the legacy magic, version
   tail = pickle.dumps(['0'], 2) + (len(storage) // 4).to_bytes(8, 'little') + storage
   return header + body + tail
 
