@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import types
+import warnings
 import zipfile
 
 import jax
@@ -505,6 +506,11 @@ def test_malformed_zip_archives(tmp_path):
   for name, (field, value, message) in {
       'encrypted.pth': (8, b'\x01\x00', 'is compressed or encrypted'),
       'outside.pth': (42, b'\xff\xff\xff\x7f', 'the record archive/data/0 lies outside'),
+      # Claimed sizes that disagree, or agree on more bytes than lie before the next record.
+      'lying_size.pth': (20, b'\x00\x10\x00\x00', 'claims 4096 stored bytes for 16 bytes'),
+      'both_sizes.pth': (20, b'\x00\x10\x00\x00\x00\x10\x00\x00', 'overlaps'),
+      # Pointed at another record's local header (two names for one byte range).
+      'relabelled.pth': (42, b'\x00\x00\x00\x00', 'the record archive/data/0 overlaps another'),
   }.items():
     edited = bytearray(plain.read_bytes())
     entry = edited.rindex(b'PK\x01\x02', 0, edited.rindex(b'archive/data/0'))
@@ -512,6 +518,21 @@ def test_malformed_zip_archives(tmp_path):
     (tmp_path / name).write_bytes(bytes(edited))
     with pytest.raises(pth_reader.MalformedCheckpointError, match=message):
       torch_import.read_state_dict(str(tmp_path / name))
+  renamed = bytearray(plain.read_bytes())  # the central directory names another record
+  at = renamed.rindex(b'archive/data/0')
+  renamed[at:at + 14] = b'archive/data/1'
+  (tmp_path / 'renamed.pth').write_bytes(bytes(renamed))
+  with pytest.raises(pth_reader.MalformedCheckpointError,
+                     match='the record archive/data/1 has no local header naming it'):
+    torch_import.read_state_dict(str(tmp_path / 'renamed.pth'))
+  with zipfile.ZipFile(tmp_path / 'twice.pth', 'w') as archive, warnings.catch_warnings():
+    warnings.simplefilter('ignore')  # zipfile warns of the duplicate name: wanted here
+    for name, content in (('archive/data.pkl', program(one_tensor('0', 4, (4,), (1,)))),
+                          ('archive/data/0', FOUR['0'].tobytes()),
+                          ('archive/data/0', np.ones(4, np.float32).tobytes())):
+      archive.writestr(name, content)
+  with pytest.raises(pth_reader.MalformedCheckpointError, match='two of its records have the'):
+    torch_import.read_state_dict(str(tmp_path / 'twice.pth'))
   write_zip(tmp_path / 'deflated.pth', program(one_tensor('0', 4, (4,), (1,))), FOUR,
             compression=zipfile.ZIP_DEFLATED)
   with pytest.raises(pth_reader.MalformedCheckpointError, match='is compressed or encrypted'):
