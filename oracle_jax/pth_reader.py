@@ -67,7 +67,7 @@ def _damaged_message(file, reason):
 
 # ----------------------------------------------------------------------------- the budget
 
-UNITS_PER_BYTE = 8  # a pickle byte may cost 8 units: 64 bytes held (genuine files: < 2)
+UNITS_PER_BYTE = 8  # a pickle byte may cost 8 units, 64 bytes held (genuine files: 2.5-3.5)
 BASE_UNITS = 1 << 18  # what any file may cost: 2 MiB, a fraction of a second
 
 
@@ -431,7 +431,7 @@ class _Unpickler:
     self._stack = []
 
   def _push_arg(self, arg):
-    if type(arg) is int and arg.bit_length() > _MAX_INT_BITS:  # pylint: disable=unidiomatic-typecheck
+    if isinstance(arg, int) and arg.bit_length() > _MAX_INT_BITS:
       raise _Damaged(f'its pickle holds an integer of {arg.bit_length()} bits (a '
                      f'checkpoint\'s fit in {_MAX_INT_BITS})')
     self._charge(4 + (len(arg) // 8 if isinstance(arg, (str, bytes)) else 0))
@@ -842,7 +842,7 @@ def _read_legacy(data: bytes, name, budget):
     raise _Damaged('it is a pickle but not one written by torch.save (no magic number)')
   version = _Unpickler(budget, classes).load(stream)
   if version != _LEGACY_VERSION:
-    shown = str(version) if type(version) is int else f'a {type(version).__name__}'  # pylint: disable=unidiomatic-typecheck
+    shown = str(version) if isinstance(version, int) else f'a {type(version).__name__}'
     raise _Damaged(f'its legacy format version is {shown}, not {_LEGACY_VERSION}')
   if not isinstance(_Unpickler(budget, classes).load(stream), dict):  # the saving system's
     raise _Damaged('its system-info record is malformed')  # info: unused, storages are LE
