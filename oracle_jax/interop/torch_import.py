@@ -182,51 +182,63 @@ def batches_tracked(state_dict: Mapping[str, Any]):
 
 # ----------------------------------------------------------------------------- reading
 
-def _entries(module, field, path):
+def _entries(module, field, path, budget):
   entries = module.state.get(field) or {}
-  if not (isinstance(entries, Mapping) and all(isinstance(k, str) for k in entries)):
+  if not isinstance(entries, Mapping):
+    raise pth_reader.MalformedCheckpointError(
+        f'{path}: a pickled module\'s {field} is not a dict of names.')
+  budget.charge(1 + len(entries))  # a dict shared by many modules is charged at each
+  if not all(isinstance(k, str) for k in entries):
     raise pth_reader.MalformedCheckpointError(
         f'{path}: a pickled module\'s {field} is not a dict of names.')
   return entries
 
 
-# Far beyond any real network (resnet101 has ~350); submodules shared in a cycle or a
-# lattice would otherwise make the walk below endless or exponential.
-_MAX_MODULES = 100_000
+def _module_state(root, path, budget):
+  """Walks a pickled nn.Module (its stand-in) like `state_dict()` does.
 
-
-def _module_state(root, path):
-  """Walks a pickled nn.Module (its stand-in) like `state_dict()` does."""
-  out, pending = {}, [('', root)]
-  for _ in range(_MAX_MODULES):
-    if not pending:
-      return out
-    prefix, module = pending.pop()
+  A submodule reached by two paths is walked (and its entries named) under each, as
+  torch does; a module inside itself is refused. Every module visited and every key built
+  is charged to the file's `budget`, so keys growing with the depth, or paths multiplying
+  through shared submodules, end in an error in time linear in the file's size.
+  """
+  out, pending = {}, [(0, '', root)]
+  path_ids, on_path = [], set()  # the modules from the root to the one walked
+  while pending:
+    depth, prefix, module = pending.pop()
+    while len(path_ids) > depth:
+      on_path.discard(path_ids.pop())
+    if id(module) in on_path:
+      raise pth_reader.MalformedCheckpointError(
+          f'{path}: its pickled module contains itself (at {prefix[:80]!r}); torch\'s own '
+          'state_dict() would recurse forever.')
+    path_ids.append(id(module))
+    on_path.add(id(module))
+    budget.charge(8 + len(prefix) // 8)
     skipped = module.state.get('_non_persistent_buffers_set') or set()
     if not isinstance(skipped, (set, frozenset)):
       raise pth_reader.MalformedCheckpointError(
           f'{path}: a pickled module\'s _non_persistent_buffers_set is not a set.')
-    out.update({f'{prefix}{name}': value
-                for name, value in _entries(module, '_parameters', path).items()
-                if value is not None})
-    out.update({f'{prefix}{name}': value
-                for name, value in _entries(module, '_buffers', path).items()
-                if value is not None and name not in skipped})
-    children = _entries(module, '_modules', path).items()
-    pending.extend((f'{prefix}{name}.', child) for name, child in reversed(children)
+    for field in ('_parameters', '_buffers'):
+      for name, value in _entries(module, field, path, budget).items():
+        if value is not None and (field == '_parameters' or name not in skipped):
+          budget.charge(16 + (len(prefix) + len(name)) // 8)  # the key and its entry
+          out[f'{prefix}{name}'] = value
+    children = _entries(module, '_modules', path, budget).items()
+    pending.extend((depth + 1, f'{prefix}{name}.', child) for name, child in reversed(children)
                    if isinstance(child, pth_reader.StandIn))
-  raise pth_reader.MalformedCheckpointError(
-      f'{path}: its pickled module has more than {_MAX_MODULES} submodules (shared in a '
-      'cycle?).')
+    budget.charge(len(children) * (2 + len(prefix) // 8))
+  return out
 
 
-def _find_state_dict(obj, path):
+def _find_state_dict(obj, path, budget):
   """The state_dict in `obj`: itself, a module's, or one under a key such as 'model'."""
   for _ in range(len(_STATE_DICT_KEYS) + 1):  # a dict in a dict…, each under a known key
     if isinstance(obj, pth_reader.StandIn) and '_modules' in obj.state:
-      return _module_state(obj, path)
+      return _module_state(obj, path, budget)
     if not isinstance(obj, Mapping):
       break
+    budget.charge(10 * len(obj))
     if obj and all(isinstance(v, np.ndarray) for v in obj.values()):
       return dict(obj)
     key = next((k for k in _STATE_DICT_KEYS if k in obj), None)
@@ -244,9 +256,11 @@ def read_state_dict(path: str):
   """The state_dict (name → numpy array) stored in a .pth file, in whichever form.
 
   The file is read as data (`pth_reader`): a pickle naming anything but tensors, storages
-  and model classes raises UnsafeCheckpointError and runs nothing.
+  and model classes raises UnsafeCheckpointError and runs nothing. Reading and walking it
+  cost time and memory linear in the file's size (`pth_reader.Budget`).
   """
-  state = _find_state_dict(pth_reader.read(path), path)
+  budget = pth_reader.Budget()
+  state = _find_state_dict(pth_reader.read(path, budget), path, budget)
   for name, value in state.items():
     if not isinstance(name, str):
       raise pth_reader.MalformedCheckpointError(
