@@ -32,7 +32,8 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1]))
-from oracle_jax import errors, pth_reader, torch_import  # pylint: disable=g-import-not-at-top,wrong-import-position
+from oracle_jax import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
+from oracle_jax.interop import pth_reader, torch_import  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CORPUS = pathlib.Path(__file__).parent / 'data' / 'pth_fuzz'
 SEEDS = {p.name: p.read_bytes() for p in sorted(CORPUS.glob('*.pth'))}

@@ -10,7 +10,8 @@ import pytest
 import pth_hostile
 from conftest import REFERENCE_DIR
 
-from oracle_jax import errors, pth_reader, torch_import
+from oracle_jax import errors
+from oracle_jax.interop import pth_reader, torch_import
 
 SMALL, LARGE = 4, 16
 # At the large size: a fragment of the error each must end in (None: read, bounded).

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from conftest import REFERENCE_DIR
 
-from oracle_jax import models, pth_reader, torch_import
+from oracle_jax import models
+from oracle_jax.interop import pth_reader, torch_import
 
 GENUINE_STATE_DICT = REFERENCE_DIR / 'torch' / 'cifar100_resnet20_state_dict.pth'
 GENUINE_MODULE = REFERENCE_DIR / 'torch' / 'cifar10_resnet20_pickled_module.pth'

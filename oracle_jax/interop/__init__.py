@@ -6,6 +6,6 @@
     zoo                known pretrained teachers, downloaded, verified, converted
     export             a run's student (or any teacher) → a PyTorch state_dict file
 
-`oracle_jax.torch_import`, `oracle_jax.zoo`, `oracle_jax.pth_reader` and
-`oracle_jax.export` are the same modules under their documented names.
+`oracle_jax.torch_import`, `oracle_jax.zoo` and `oracle_jax.export` re-export the public
+names of these modules under their documented names (`python -m` works for each).
 """

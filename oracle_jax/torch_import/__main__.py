@@ -1,3 +1,0 @@
-from oracle_jax.interop import torch_import
-
-torch_import.main()

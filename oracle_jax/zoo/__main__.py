@@ -1,5 +1,0 @@
-import sys
-
-from oracle_jax.interop import zoo
-
-sys.exit(zoo.main())
