@@ -15,9 +15,10 @@ import os
 from oracle_jax import fileio
 
 DEFAULT_DIRECTORY = '~/.cache/oracle_jax/xla'
-# Programs that took at least this long to compile are cached; 0 = every program: on
-# this CPU the many small programs of a run (initialisation, metrics) together cost
-# more to compile than to load (benchmarks/README.md, "Compilation cache").
+# Programs that took at least this long to compile are cached; 0 = every program: a run's
+# many small programs (initialisation, metrics) also load faster than they compile, and
+# each higher threshold measured made a warm run slower (benchmarks/README.md,
+# "Compilation cache"; JAX's default is 1 s).
 MIN_COMPILE_TIME_SECS = 0.0
 _ENTRY_SUFFIX = '-cache'  # JAX's own file naming: a directory JAX's LRU cache reads too
 
