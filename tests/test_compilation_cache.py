@@ -45,8 +45,8 @@ def entries(directory):
 
 
 def programs(seed):
-  """Two small programs this module alone compiles (`seed` keeps them apart from other
-  tests' programs in the session's in-memory caches), run on fixed inputs."""
+  """Two small programs only this module compiles, run on fixed inputs; new functions at
+  each call, so that JAX's in-memory caches miss and the persistent cache is asked."""
   x = np.linspace(-1, 1, 24, dtype=np.float32).reshape(4, 6) + seed
   first = jax.jit(lambda a: jnp.tanh(a) @ a.T + seed)(x)
   second = jax.jit(lambda a: jnp.sort(a * (seed + 2), axis=0))(x)
@@ -77,9 +77,8 @@ def test_warm_entries_are_hits_and_compiler_options_miss(tmp_path, events):
   cold = programs(2)
   written = entries(directory)
   assert len(written) >= 2 and events['written'] == len(written)
-  jax.clear_caches()  # as a fresh process: only the persistent cache remembers
-  compilation_cache.enable(directory)
-  warm = programs(2)
+  compilation_cache.enable(directory)  # as a fresh process would
+  warm = programs(2)  # new functions: JAX's in-memory caches miss, the persistent one hits
   assert_same(cold, warm)
   assert entries(directory) == written and events['hits'] >= 2
 
@@ -114,7 +113,6 @@ def _fail_writes(monkeypatch, code):
 def test_unusable_directory_is_one_warning(kind, tmp_path, monkeypatch, caplog):
   compilation_cache.enable('')
   expected = programs(3)
-  jax.clear_caches()
   directory = tmp_path / 'xla'
   if kind == 'a file in its place':
     directory.write_text('not a directory')
@@ -143,13 +141,11 @@ def test_corrupted_entries_are_one_warning_and_replaced(tmp_path, caplog, events
   for name in entries(directory):
     entry = directory / name
     entry.write_bytes(entry.read_bytes()[:-7] + b'garbage')
-  jax.clear_caches()
   compilation_cache.enable(directory)
   with caplog.at_level(logging.WARNING):
     assert_same(programs(4), expected)
   assert len(_warnings_about(caplog, directory)) == 1 and 'corrupted' in caplog.text
   caplog.clear()
-  jax.clear_caches()
   compilation_cache.enable(directory)
   hits = events['hits']
   with caplog.at_level(logging.WARNING):
