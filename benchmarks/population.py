@@ -83,6 +83,8 @@ def main(argv=None):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from oracle_jax import conv, data, methods, models, optim, oracle, parallel, population, steps, train  # pylint: disable=g-import-not-at-top
+  from oracle_jax import compilation_cache  # pylint: disable=g-import-not-at-top
+  compilation_cache.enable()  # from a warm cache compile_s is a load (JAX_COMPILATION_CACHE_DIR=: off)
 
   config = base_config(args)
   spec = data.dataset_spec(args.dataset)

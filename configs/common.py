@@ -7,7 +7,7 @@ every parameter, batch 64, 240 epochs with lr ×0.1 at epochs 150/180/210, τ = 
 """
 import ml_collections
 
-from oracle_jax import methods
+from oracle_jax import compilation_cache, methods
 
 
 def base_config():
@@ -77,6 +77,9 @@ def base_config():
   # results.json then shows it next to ours with the difference. 0 = none.
   c.reference_top1 = 0.0
   c.overwrite = False                   # allow a workdir holding a run of another config
+  # JAX's persistent compilation cache (a local directory or gs://, shared by a pod's hosts):
+  # the environment's JAX_COMPILATION_CACHE_DIR, else ~/.cache/oracle_jax/xla; '' = off.
+  c.compilation_cache_dir = compilation_cache.default_directory()
   # The offline default (oracle_jax/demo.py), switched on by configs/default.py: a teacher
   # trained for demo_teacher_steps (unless teacher.checkpoint names one), its analysis, then
   # scratch / KD / oracle-KD students over demo_seeds as one population.
