@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from oracle_jax import conv  # pylint: disable=g-import-not-at-top,wrong-import-position
+from oracle_jax import compilation_cache, conv  # pylint: disable=g-import-not-at-top,wrong-import-position
 from oracle_jax.models import layers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SHAPES = [(32, 16), (16, 32), (8, 64)]  # (height = width, channels) of the three stages
@@ -51,6 +51,7 @@ def main():
   p.add_argument('--layers', type=int, default=7)
   p.add_argument('--repeats', type=int, default=30)
   args = p.parse_args()
+  compilation_cache.enable()
   options = conv.compiler_options('cpu')
   for size, channels in SHAPES:
     x = jnp.asarray(np.random.RandomState(0).randn(args.batch, size, size, channels), jnp.float32)

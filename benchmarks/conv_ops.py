@@ -22,7 +22,7 @@ import numpy as np
 from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from oracle_jax import conv  # pylint: disable=g-import-not-at-top,wrong-import-position
+from oracle_jax import compilation_cache, conv  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 # (input size, in channels, out channels, stride, kernel): every conv of resnet8..110
@@ -48,6 +48,7 @@ def main():
   p.add_argument('--chunks', default='4,8,16')
   p.add_argument('--repeats', type=int, default=8)
   args = p.parse_args()
+  compilation_cache.enable()
   rng = np.random.default_rng(0)
   for size, c_in, c_out, stride, k in SHAPES:
     pad, out = k // 2, size // stride

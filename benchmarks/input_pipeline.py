@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from oracle_jax import data, parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
+from oracle_jax import compilation_cache, data, parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 from oracle_jax.data import fake_imagenet, imagenet, sources  # pylint: disable=g-import-not-at-top,wrong-import-position
 from launch.benchmark import cpu_jiffies  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -66,6 +66,7 @@ def main():
   p.add_argument('--batches', type=int, default=20, help='timed batches per kind')
   p.add_argument('--warmup', type=int, default=3)
   args = p.parse_args()
+  compilation_cache.enable()
   builder = prepared(args.data_dir, args.classes, args.per_class)
   spec = data.dataset_spec('imagenet2012')
   mesh = parallel.make_mesh()

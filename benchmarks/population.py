@@ -81,7 +81,8 @@ def main(argv):
     raise errors.UserError(f'Unexpected arguments: {argv[1:]}')
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from oracle_jax import optim, parallel, population, train  # pylint: disable=g-import-not-at-top
+  from oracle_jax import compilation_cache, optim, parallel, population, train  # pylint: disable=g-import-not-at-top
+  compilation_cache.enable()  # from a warm cache compile_s is a load (JAX_COMPILATION_CACHE_DIR=: off)
 
   config = base_config()
   mesh = parallel.make_mesh(jax.devices()[:1])

@@ -414,6 +414,8 @@ def main(argv):
   args = parse_args()
   force_host_devices(max(args.devices))
   import jax  # pylint: disable=g-import-not-at-top
+  from oracle_jax import compilation_cache  # pylint: disable=g-import-not-at-top
+  compilation_cache.enable()  # from a warm cache compile_s is a load (JAX_COMPILATION_CACHE_DIR=: off)
   counter = timing.CompileCounter()
   jax_logger = logging.getLogger('jax')
   jax_logger.addHandler(counter)

@@ -76,6 +76,10 @@ def base_config():
   # results.json then shows it next to ours with the difference. 0 = none.
   c.reference_top1 = 0.0
   c.overwrite = False                   # allow a workdir holding a run of another config
+  # JAX's persistent compilation cache (a local directory or gs://, shared by a pod's hosts);
+  # 'auto': the environment's JAX_COMPILATION_CACHE_DIR, else ~/.cache/oracle_jax/xla
+  # (oracle_jax/compilation_cache.py); '' = off.
+  c.compilation_cache_dir = 'auto'
   return c
 
 

@@ -92,10 +92,13 @@ def define_processes():
 
 
 def initialize_processes():
-  """Starts the multi-process runtime per `define_processes`' flags or the cluster."""
-  from oracle_jax import parallel  # pylint: disable=g-import-not-at-top  (imports JAX)
+  """Starts the multi-process runtime per `define_processes`' flags or the cluster, and
+  the compilation cache of `--config` (`config.compilation_cache_dir`)."""
+  from oracle_jax import compilation_cache, parallel  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   parallel.initialize(f.coordinator_address, f.num_processes, f.process_id)
+  config = f['config'].value if 'config' in f else None
+  compilation_cache.enable(config.get('compilation_cache_dir') if config is not None else None)
 
 
 def run(main, default_config=None):

@@ -3,27 +3,12 @@
 `conv_impl, options = conv.choose(name)`: `models.create(..., conv_impl=conv_impl)` hands
 the convolution to every `flax.linen.Conv` of a model (`conv_general_dilated=`), so the
 model code and its parameters stay the same; `jax.jit(step, compiler_options=options)`
-adds the XLA options that go with it (see CPU_COMPILER_OPTIONS).
-
-'chunked': XLA's CPU backend computes a convolution's *weight* gradient as one
-convolution contracting over the whole batch (a YNNPACK fusion whose speed falls as that
-batch grows) and transposes both operands for it. `chunked_conv_general_dilated` keeps
-the forward pass and the input gradient exactly as `lax` computes them, and computes the
-weight gradient as a sum over batch chunks of that same weight-gradient convolution, each
-chunk of each operand read once into the layout the convolution reads (XLA fuses the
-strided slice with the transpose). Only the order of the float additions over the batch
-changes (float32 rounding; the chunk sums accumulate in float32). It is plain JAX, so it
-is correct under `jit`, `vmap` and sharded `jit`; the chunks are strided slices of the
-global batch, so a batch sharded over devices needs no data movement.
-
-'cpu' ('auto' on one CPU device): 'chunked', and the forward pass and input gradient of
-narrow stride-1 convolutions (the 3-channel stem, 16-channel first stage of the CIFAR
-ResNets) computed by `paired_conv`, which gives XLA's kernels the wider GEMMs they need.
-
-'patch' ('auto' on one CPU device for images of at most 16×16, the digits):
-`patch_conv.patch_conv`, each convolution one matrix product of image patches with the
-kernel. Populations use it too (see `oracle_jax/population.py`), so a member and its
-sequential run compute the same arithmetic.
+adds the XLA options that go with it (CPU_COMPILER_OPTIONS). The implementations:
+'chunked' (`chunked_conv_general_dilated`: the weight gradient summed over batch chunks),
+'cpu' ('auto' on one CPU device: 'chunked' plus `paired_conv` for narrow stride-1
+convolutions) and 'patch' ('auto' on one CPU device for images of at most 16×16:
+`patch_conv.patch_conv`, also what populations use, so a member and its sequential run
+compute the same arithmetic). Only the order of float additions changes.
 """
 import functools
 from typing import Callable, Optional
@@ -52,7 +37,16 @@ def chunked_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation
   """`lax.conv_general_dilated`, with the kernel gradient summed over ceil(batch /
   chunk_size) chunks of the batch (at most `max_chunks`; sizes differ by at most one);
   with `pair_narrow`, narrow stride-1 convolutions (forward and input gradient) are
-  computed as width-paired convolutions (`paired_conv`)."""
+  computed as width-paired convolutions (`paired_conv`).
+
+  Why: XLA's CPU backend computes a convolution's weight gradient as one convolution
+  contracting over the whole batch (a fusion whose speed falls as that batch grows) and
+  transposes both operands for it. Here the forward pass and the input gradient are
+  exactly `lax`'s, and the weight gradient is a sum over batch chunks of that same
+  weight-gradient convolution, each chunk of each operand read once into the layout the
+  convolution reads. The chunks are strided slices of the global batch, so a batch
+  sharded over devices needs no data movement; the chunk sums accumulate in float32.
+  """
   dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   spatial = lhs.ndim - 2
   lhs_dilation = tuple(lhs_dilation or (1,) * spatial)
@@ -246,8 +240,7 @@ IMPLEMENTATIONS = {
 }
 CPU_TUNED = ('chunked', 'cpu', 'patch')  # the names that go with CPU_COMPILER_OPTIONS
 # Images up to this many pixels (the 8×8 digits, not 32×32 CIFAR) train fastest on CPU with
-# 'patch': at 8×8 patches × kernel is 1.4–2× faster than XLA's convolutions, at 32×32 2.8×
-# slower (benchmarks/README.md).
+# 'patch'; at CIFAR's size XLA's convolutions win (benchmarks/README.md).
 PATCH_MAX_PIXELS = 16 * 16
 
 

@@ -2,7 +2,7 @@
 
 Why: a population vmaps the student over members, each with its own kernels. `vmap` of
 `lax.conv_general_dilated` with a batched kernel becomes a grouped convolution, which
-XLA's CPU backend runs ~10x slower than the members' convolutions one by one. Written
+XLA's CPU backend runs far slower than the members' convolutions one by one. Written
 as patches × kernel, the member axis becomes the batch axis of a batched matrix product
 (`dot_general`), which XLA runs at full speed; its gradients are matrix products and
 pads too. For the small kernels (3×3, 1×1) and images (8×8–32×32) it is meant for, the

@@ -1,7 +1,8 @@
 """Teachers: a config's `teacher` block and the dataset → the frozen model and its weights.
 
 `teacher.checkpoint` names an orbax model checkpoint directory (or a run's workdir, whose
-`teacher/` is used), a PyTorch `.pth` file (converted by `torch_import`) or a zoo teacher
+`teacher/` is used), a PyTorch `.pth` or a `.safetensors` file (converted by
+`torch_import`) or a zoo teacher
 `zoo:NAME` (`zoo.resolve`: fetched once into an orbax directory). Whichever it is, the
 weights are checked against the configured architecture and the dataset's class count
 before any work is done.
@@ -9,10 +10,12 @@ before any work is done.
 import jax
 import numpy as np
 
-from oracle_jax import checkpoints, fileio, models, torch_import, zoo
+from oracle_jax import checkpoints, fileio, models
+from oracle_jax.interop import torch_import, zoo
 
 _NO_CHECKPOINT = ('teacher.checkpoint is empty: set it to a model checkpoint directory (e.g. '
-                  'WORKDIR/teacher of a method=scratch run) or a PyTorch .pth file.')
+                  'WORKDIR/teacher of a method=scratch run), a PyTorch .pth or a .safetensors '
+                  'file.')
 _NOT_FOUND = ('Train a teacher with --config.method=scratch (it is kept in WORKDIR/teacher) '
               'or import a PyTorch one with `python -m oracle_jax.torch_import IN.pth OUT_DIR '
               '--model=… --num_classes=…`.')
@@ -36,8 +39,8 @@ def load_variables(config, spec, *, checkpoint=None):
 
 def read(source: str, model_name: str, num_classes: int, in_channels: int = 3,
          **architecture):
-  """Teacher variables from a model checkpoint directory, a run's workdir or a `.pth`
-  file, checked against model `model_name` with `num_classes` classes."""
+  """Teacher variables from a model checkpoint directory, a run's workdir or a `.pth` or
+  `.safetensors` file, checked against model `model_name` with `num_classes` classes."""
   if not source:
     raise checkpoints.TeacherCheckpointError(_NO_CHECKPOINT)
   path, what = fileio.path(source), f'Teacher checkpoint {source!r}'

@@ -23,7 +23,7 @@ LOCK_NAME = 'run.lock'
 # Keys that may change between a run and its resumption without changing its results.
 RESUMABLE_CHANGES = frozenset({'overwrite', 'log_every_steps', 'eval_batch_size', 'data_dir',
                                'checkpoint_every_steps', 'keep_checkpoints', 'tensorboard',
-                               'reference_top1'})
+                               'reference_top1', 'compilation_cache_dir'})
 # What a run writes into its workdir, deleted when `overwrite` discards an older run.
 RUN_OUTPUTS = ('checkpoints', 'best', 'teacher', 'tensorboard', 'metrics.jsonl',
                'results.json')

@@ -1,21 +1,30 @@
-"""Test set-up: 8 virtual CPU devices, so sharded code is exercised on one machine."""
+"""Test set-up: 8 virtual CPU devices, so sharded code is exercised on one machine, and
+one fresh compilation cache for the session, shared with the subprocesses it starts."""
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-# Many tests (and their subprocesses) compile the same small programs: share them.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
-    os.environ.get('TMPDIR', '/tmp'), 'oracle_jax_test_jax_cache'))
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+# Many tests and their subprocesses (which inherit the environment, and with it this
+# directory as `config.compilation_cache_dir`) compile the same small programs: compile
+# them once per session. Fresh each session: no test depends on an earlier session's cache.
+SESSION_COMPILATION_CACHE = tempfile.mkdtemp(prefix='oracle_jax_xla_cache_')
+os.environ['JAX_COMPILATION_CACHE_DIR'] = SESSION_COMPILATION_CACHE
+atexit.register(shutil.rmtree, SESSION_COMPILATION_CACHE, ignore_errors=True)
 
 import pathlib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from oracle_jax import compilation_cache  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+compilation_cache.enable(SESSION_COMPILATION_CACHE)  # in-process tests use it as a run does
 
 REFERENCE_DIR = pathlib.Path(__file__).parent / 'data' / 'reference'
 REFERENCE_CASES = {

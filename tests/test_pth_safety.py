@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import types
+import warnings
 import zipfile
 
 import jax
@@ -20,7 +21,8 @@ import numpy as np
 import pytest
 from conftest import REFERENCE_DIR
 
-from oracle_jax import models, pth_reader, torch_import
+from oracle_jax import models
+from oracle_jax.interop import pth_reader, torch_import
 
 GENUINE_STATE_DICT = REFERENCE_DIR / 'torch' / 'cifar100_resnet20_state_dict.pth'
 GENUINE_MODULE = REFERENCE_DIR / 'torch' / 'cifar10_resnet20_pickled_module.pth'
@@ -387,11 +389,20 @@ MALFORMED = {
                               r'element 9 of a storage of 4 elements'),
     'offset past its storage': (one_tensor('0', 4, (2,), (1,), offset=3), FOUR,
                                 'reaches element 4 of a storage of 4 elements'),
-    'huge offset': (one_tensor('0', 4, (1,), (1,), offset=2**70), FOUR, 'reaches element'),
+    'huge offset': (one_tensor('0', 4, (1,), (1,), offset=2**70), FOUR,
+                    r'a tensor storage offset is not an int in \[0, 2\*\*48\)'),
+    'offset just inside the bound': (one_tensor('0', 4, (1,), (1,), offset=2**48 - 1), FOUR,
+                                     'reaches element 281474976710655 of a storage of 4'),
+    'huge stride on a size-1 dimension': (one_tensor('0', 4, (1, 4), (2**70, 1)), FOUR,
+                                          'a tensor stride is not a tuple of at most 64 ints'),
+    '65 dimensions': (one_tensor('0', 4, (1,) * 65, (1,) * 65), FOUR,
+                      'a tensor size is not a tuple of at most 64 ints'),
+    'empty tensor of huge dimensions': (one_tensor('0', 4, (0, 2**47, 2**47), (1, 1, 1)), FOUR,
+                                        r'an empty tensor has size \(0, 140737488355328'),
     'negative size': (one_tensor('0', 4, (-1,), (1,)), FOUR,
-                      'a tensor size is not a tuple of non-negative ints'),
+                      r'a tensor size is not a tuple of at most 64 ints in \[0, 2\*\*48\)'),
     'negative stride': (one_tensor('0', 4, (2,), (-1,), offset=3), FOUR,
-                        'a tensor stride is not a tuple of non-negative ints'),
+                        'a tensor stride is not a tuple of at most 64 ints'),
     'float size': (one_tensor('0', 4, (2.0,), (1,)), FOUR, 'a tensor size is not a tuple'),
     'stride 0 (a 4-element storage as 8 GiB)': (
         one_tensor('0', 4, (2**31,), (0,)), FOUR,
@@ -418,7 +429,13 @@ MALFORMED = {
                       b'\x85' * 100_000 + v('cpu') + v(4) + b'tQ'}), FOUR,
         'the storage reference with key <tuple> is malformed'),
     'a 5000-digit state_dict key': (b'}' + v(10**5000) + v(1.0) + b's', {},
-                                    r'holds no state_dict or nn.Module \(found \[\'int\'\]\)'),
+                                    'its pickle holds an integer of 16610 bits'),
+    'an int key beyond the hash modulus': (b'}' + v(2**61 - 1) + v(1.0) + b's', {},
+                                           'a dict key or set member is an integer beyond'),
+    'a float as a set member': (call(g('builtins', 'set'), v([1.5])), {},
+                                'a dict key or set member is a float, not a str or int'),
+    'an int state_dict key': (b'}' + v(7) + v(1.0) + b's', {},
+                              r'holds no state_dict or nn.Module \(found \[\'int\'\]\)'),
     'unknown rebuild function': (
         dict_of({'w': call(g('torch._utils', '_rebuild_qtensor'), v(1))}), FOUR,
         r'a kind of tensor this reader does not read \(torch._utils._rebuild_qtensor\)'),
@@ -439,7 +456,7 @@ MALFORMED = {
     'NEWOBJ of OrderedDict': (g('collections', 'OrderedDict') + b')\x81', {},
                               'NEWOBJ of something that is not a model class'),
     'tuple as a dict key': (b'}(' + v((1, 2)) + v(3) + b'u', {},
-                            'a dict key or set member is not a plain str/number'),
+                            'a dict key or set member is a tuple, not a str or int'),
     'pickle cut short': (dict_of({'w': v('x' * 10)})[:-6], {}, 'its pickle is malformed'),
     'stack underflow': (b'tR', {}, 'its pickle is malformed at byte 2'),
     'no state_dict': (v([1, 2]), {}, r'holds no state_dict or nn.Module \(found list\)'),
@@ -447,20 +464,20 @@ MALFORMED = {
         g('models.resnet', 'ResNet') + b')\x81' +
         dict_of({'_modules': v({}), '_parameters': v({'w': 'text'})}) + b'b', {},
         "the state_dict entry 'w' is a str, not a tensor"),
-    'module entry with a 5000-digit name': (
+    'module entry with an int name': (
         g('models.resnet', 'ResNet') + b')\x81' +
-        dict_of({'_modules': v({}), '_parameters': b'}' + v(10**5000) + v(1) + b's'}) + b'b',
+        dict_of({'_modules': v({}), '_parameters': b'}' + v(5) + v(1) + b's'}) + b'b',
         {}, "a pickled module's _parameters is not a dict of names"),
     'modules in a cycle': (
         g('models.resnet', 'ResNet') + b')\x81' + put(7) +
         dict_of({'_modules': dict_of({'self': get(7)})}) + b'b', {},
-        'its pickled module has more than 100000 submodules'),
+        r"its pickled module contains itself \(at 'self.'\)"),
     'modules shared in a lattice (2**40 paths)': (
         b''.join(g('models.resnet', 'Block') + b')\x81' +
                  dict_of({'_modules': dict_of({'a': get(i + 1), 'b': get(i + 1)})
                                       if i < 40 else v({})}) + b'b' + put(i) + (b'0' if i else b'')
                  for i in range(40, -1, -1)), {},
-        'its pickled module has more than 100000 submodules'),
+        'it costs more than its size warrants'),
 }
 
 
@@ -481,7 +498,7 @@ def test_malformed_zip_archives(tmp_path):
   name_length, extra_length = struct.unpack('<HH', data[offset + 26:offset + 30])
   flipped = bytearray(data)
   flipped[offset + 30 + name_length + extra_length + 5] ^= 0xFF  # inside the record's data
-  cases['bad_crc.pth'] = (bytes(flipped), r"Bad CRC-32 for file 'model/data/7'")
+  cases['bad_crc.pth'] = (bytes(flipped), r'the record model/data/7 is damaged \(bad CRC-32\)')
   for name, (content, message) in cases.items():
     (tmp_path / name).write_bytes(content)
     with pytest.raises(pth_reader.MalformedCheckpointError, match=message):
@@ -490,6 +507,11 @@ def test_malformed_zip_archives(tmp_path):
   for name, (field, value, message) in {
       'encrypted.pth': (8, b'\x01\x00', 'is compressed or encrypted'),
       'outside.pth': (42, b'\xff\xff\xff\x7f', 'the record archive/data/0 lies outside'),
+      # Claimed sizes that disagree, or agree on more bytes than lie before the next record.
+      'lying_size.pth': (20, b'\x00\x10\x00\x00', 'claims 4096 stored bytes for 16 bytes'),
+      'both_sizes.pth': (20, b'\x00\x10\x00\x00\x00\x10\x00\x00', 'overlaps'),
+      # Pointed at another record's local header (two names for one byte range).
+      'relabelled.pth': (42, b'\x00\x00\x00\x00', 'the record archive/data/0 overlaps another'),
   }.items():
     edited = bytearray(plain.read_bytes())
     entry = edited.rindex(b'PK\x01\x02', 0, edited.rindex(b'archive/data/0'))
@@ -497,6 +519,21 @@ def test_malformed_zip_archives(tmp_path):
     (tmp_path / name).write_bytes(bytes(edited))
     with pytest.raises(pth_reader.MalformedCheckpointError, match=message):
       torch_import.read_state_dict(str(tmp_path / name))
+  renamed = bytearray(plain.read_bytes())  # the central directory names another record
+  at = renamed.rindex(b'archive/data/0')
+  renamed[at:at + 14] = b'archive/data/1'
+  (tmp_path / 'renamed.pth').write_bytes(bytes(renamed))
+  with pytest.raises(pth_reader.MalformedCheckpointError,
+                     match='the record archive/data/1 has no local header naming it'):
+    torch_import.read_state_dict(str(tmp_path / 'renamed.pth'))
+  with zipfile.ZipFile(tmp_path / 'twice.pth', 'w') as archive, warnings.catch_warnings():
+    warnings.simplefilter('ignore')  # zipfile warns of the duplicate name: wanted here
+    for name, content in (('archive/data.pkl', program(one_tensor('0', 4, (4,), (1,)))),
+                          ('archive/data/0', FOUR['0'].tobytes()),
+                          ('archive/data/0', np.ones(4, np.float32).tobytes())):
+      archive.writestr(name, content)
+  with pytest.raises(pth_reader.MalformedCheckpointError, match='two of its records have the'):
+    torch_import.read_state_dict(str(tmp_path / 'twice.pth'))
   write_zip(tmp_path / 'deflated.pth', program(one_tensor('0', 4, (4,), (1,))), FOUR,
             compression=zipfile.ZIP_DEFLATED)
   with pytest.raises(pth_reader.MalformedCheckpointError, match='is compressed or encrypted'):
@@ -528,7 +565,10 @@ def test_malformed_legacy(tmp_path):
                   + good + tail, 'its legacy format version is 999, not 1001'),
       'a 5000-digit version': (
           header.replace(pickle.dumps(1001, protocol=2), pickle.dumps(10**5000, protocol=2)) +
-          good + tail, 'its legacy format version is <int>, not 1001'),
+          good + tail, 'its pickle holds an integer of 16610 bits'),
+      'a text version': (
+          header.replace(pickle.dumps(1001, protocol=2), pickle.dumps('1001', protocol=2)) +
+          good + tail, 'its legacy format version is a str, not 1001'),
       'plain pickle': (pickle.dumps({'w': [1.0]}, protocol=2),
                        'it is a pickle but not one written by torch.save'),
       'zip persistent id': (header + program(one_tensor('0', 4, (4,), (1,))) + tail,
@@ -694,10 +734,10 @@ def test_a_storage_shared_by_many_tensors_is_read_once(tmp_path, monkeypatch):
   items.update({f'part{i}': tensor('0', 4096, (1024,), (1,), offset=1024 * i) for i in range(4)})
   path = write_zip(tmp_path / 'shared.pth', program(dict_of(items)), {'0': values})
   reads = []
-  read_record = zipfile.ZipFile.read
-  monkeypatch.setattr(zipfile.ZipFile, 'read',
-                      lambda self, name, *a: reads.append(getattr(name, 'filename', name)) or
-                      read_record(self, name, *a))
+  read_record = pth_reader._ZipRecords.read  # pylint: disable=protected-access
+  monkeypatch.setattr(pth_reader._ZipRecords, 'read',  # pylint: disable=protected-access
+                      lambda self, info, *a: reads.append(info.filename) or
+                      read_record(self, info, *a))
   state = torch_import.read_state_dict(str(path))
   assert reads.count('archive/data/0') == 1
   assert all(np.shares_memory(a, state['full0']) for a in state.values())

@@ -74,7 +74,7 @@ def test_cycle_finder_reports_a_cycle():
 
 def test_graph_sees_module_and_function_level_imports():
   graph = import_graph()
-  assert graph['oracle_jax.torch_import'] >= {'oracle_jax.models', 'oracle_jax.checkpoints'}
+  assert graph['oracle_jax.interop.torch_import'] >= {'oracle_jax.models', 'oracle_jax.checkpoints'}
   assert 'oracle_jax.data.specs' in graph['oracle_jax.data']  # `from oracle_jax.data.specs …`
   assert 'oracle_jax.data.imagenet' in graph['oracle_jax.data.pipeline']  # inside a function
 
