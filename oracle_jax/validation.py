@@ -122,3 +122,11 @@ def check_batch(batch, spec):
   bad = labels[(labels < 0) | (labels >= spec.num_classes)]
   _require(bad.size == 0, f'Label {bad[:1].tolist()} is outside [0, {spec.num_classes}) for '
            f'dataset {spec.name!r}; fix the labels or the dataset name.')
+
+
+def first_checked(host_batches, spec):
+  """`host_batches`, the first one checked (`check_batch`) before any step uses it."""
+  first = next(host_batches)
+  check_batch(first, spec)
+  yield first
+  yield from host_batches
