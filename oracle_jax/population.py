@@ -1,39 +1,14 @@
-"""Populations: P students of one teacher and one student architecture trained as one
-jitted program over a member axis (`jax.vmap`; on one CPU device `lax.map`, see
-`member_loop_for`).
+"""Populations: P students of one teacher trained as one jitted program over a member
+axis (`over_members`: `jax.vmap`, or `lax.map` on one CPU device), by the loop of a
+single run (`train.fit`, with `Population` as its program).
 
-Small students are overhead-bound (a resnet8 step on the 8×8 digits is well under a
-GFLOP): run one after another, every run pays its own compile, dispatch, host loop,
-evaluation and teacher passes. A population pays them once.
-
-A population distils with ONE method of `methods.METHODS` (kd, fitnet, at, dkd, sad) and
-may add `scratch` members (the method's loss weights 0, CE weight 1). What may differ
-between members (passed as arrays, so one compiled program serves all): the seed (init,
-data order, augmentation), distilled or scratch, the oracle on/off and γ, the CE weight,
-the learning rate (as a scale of the shared schedule) and the method's numeric weights
-(`methods.MEMBER_FIELDS`: KD α, τ; DKD α, β, τ, warm-up; AT β; FitNet weight; SAD β, KD
-weight, τ). Everything else — models, teacher, data, batch size, steps, schedule shape,
-optimizer, the method's structure (FitNet stage, AT p, SAD features and qk_dim) — is
-shared (`compatibility_key`). The distillers' trainable modules (FitNet regressor, SAD
-attention) are part of each member's state, trained and checkpointed with it.
-
-Members that share a seed share a batch, and members that share a batch share the
-teacher's work: its forward on x (non-oracle members) and its input gradient (oracle
-members) once per distinct batch, its forward on x*_γ once per distinct (batch, γ); with
-a feature method each forward returns the teacher's features too. Each member computes
-the arithmetic of its sequential run (`train.train_and_evaluate`): on one device its
-parameters, metrics and results are bit for bit the sequential run's (same convolution,
-same teacher computation, its distiller the sequential one with its own weights, the
-learning-rate scale applied to the scalar rate).
-
-On several devices the members are split over them (`make_mesh`: member × data), on
-several processes over every process's devices: each process then reads every member's
-whole batches (`data.train_iterator(..., whole_batches=True)`; a dataset held in memory,
-not a streamed one) and places the parts its devices hold (`put`).
-
-Each member keeps its own workdir as a sequential run would (config.json, metrics.jsonl,
-TensorBoard, best/, teacher/ for scratch, results.json); the population's training
-checkpoints (the stacked state of all members) live in one directory of their own.
+Members share the models, teacher, data, schedule and one distillation method, plus
+scratch members (`compatibility_key`); each may choose its seed, the oracle and γ, its CE
+weight, learning-rate scale and the method's weights (`methods.MEMBER_FIELDS`), passed as
+arrays. Members of one seed share a batch and the teacher's work on it (`plan`). Each
+member computes its sequential run's arithmetic: on one device its parameters, metrics
+and results are that run's bit for bit. Several devices split the members (`make_mesh`);
+several processes each read every member's whole batches (a dataset held in memory).
 """
 import dataclasses
 import functools
@@ -56,7 +31,6 @@ MEMBER_KEYS = ('seed', 'method', 'oracle.enabled', 'oracle.gamma', 'ce_weight',
                'optimizer.learning_rate', 'overwrite',
                *dict.fromkeys(key for fields in methods.MEMBER_FIELDS.values()
                               for key in fields.values()))
-METHODS = (*methods.METHODS, 'scratch')
 # What a scratch member logs (its sequential run has no teacher and no distillation terms).
 SCRATCH_METRICS = ('ce', 'loss', 'accuracy', 'grad_norm', 'learning_rate')
 
@@ -81,21 +55,13 @@ def supported(config):
   batches (no gradient accumulation) and, on several processes, a dataset held in memory
   (each process reads every member's whole batches: `data.train_iterator`'s
   `whole_batches`; a streamed dataset's stream is per process)."""
-  return (config.method in METHODS and config.grad_accum_steps == 1
+  return (config.method in methods.CHOICES and config.grad_accum_steps == 1
           and (jax.process_count() == 1 or not data.dataset_spec(config.dataset).streamed))
-
-
-def _distilled(config):
-  return config.method != 'scratch'
-
-
-def _oracle(config):
-  return _distilled(config) and bool(config.oracle.enabled)
 
 
 def distilled_method(configs):
   """The method the distilled members of `configs` share (None if all are scratch)."""
-  return next((c.method for c in configs if _distilled(c)), None)
+  return next((c.method for c in configs if methods.is_distilled(c)), None)
 
 
 def member_fields(configs):
@@ -105,9 +71,9 @@ def member_fields(configs):
   method = distilled_method(configs)
   if method is None:
     return {}
-  reference = methods.get(next(c for c in configs if _distilled(c)))
+  reference = methods.get(next(c for c in configs if methods.is_distilled(c)))
   def value(config, field):
-    if _distilled(config):
+    if methods.is_distilled(config):
       return getattr(methods.get(config), field)
     return 0.0 if field in methods.LOSS_WEIGHTS[method] else getattr(reference, field)
   return {field: np.asarray([value(c, field) for c in configs], np.float32)
@@ -125,20 +91,21 @@ def plan(configs, base_learning_rate=None):
   pass) on each batch of an oracle member."""
   seeds = list(dict.fromkeys(int(c.seed) for c in configs))
   batch_of = lambda c: seeds.index(int(c.seed))
-  plain = list(dict.fromkeys(batch_of(c) for c in configs if _distilled(c) and not _oracle(c)))
-  grad = list(dict.fromkeys(batch_of(c) for c in configs if _oracle(c)))
-  signals = list(dict.fromkeys((batch_of(c), float(c.oracle.gamma)) for c in configs
-                               if _oracle(c)))
+  plain_members = [c for c in configs if methods.is_distilled(c) and not methods.uses_oracle(c)]
+  oracles = [c for c in configs if methods.uses_oracle(c)]
+  plain = list(dict.fromkeys(batch_of(c) for c in plain_members))
+  grad = list(dict.fromkeys(batch_of(c) for c in oracles))
+  signals = list(dict.fromkeys((batch_of(c), float(c.oracle.gamma)) for c in oracles))
   # A member's rows: its distillation target and its teacher-on-x logits (for metrics).
   # Scratch members read row 0, a target (features included) whenever a teacher exists,
   # and weight it 0.
   target_rows, x_rows = [], []
   for c in configs:
-    if _oracle(c):
+    if methods.uses_oracle(c):
       target_rows.append(len(plain) + signals.index((batch_of(c), float(c.oracle.gamma))))
       x_rows.append(len(plain) + len(signals) + grad.index(batch_of(c)))
     else:
-      row = plain.index(batch_of(c)) if _distilled(c) else 0
+      row = plain.index(batch_of(c)) if methods.is_distilled(c) else 0
       target_rows.append(row)
       x_rows.append(row)
   base_lr = base_learning_rate or configs[0].optimizer.learning_rate
@@ -151,7 +118,7 @@ def plan(configs, base_learning_rate=None):
       oracle_gradient=i32([grad.index(b) for b, _ in signals]),
       oracle_gamma=f32([g for _, g in signals]).reshape(-1),
       distiller=member_fields(configs),
-      ce_weight=f32([c.ce_weight if _distilled(c) else 1.0 for c in configs]),
+      ce_weight=f32([c.ce_weight if methods.is_distilled(c) else 1.0 for c in configs]),
       learning_rate_scale=f32([c.optimizer.learning_rate / base_lr for c in configs]))
   return seeds, arrays
 
@@ -266,9 +233,9 @@ def member_loop_for(mesh, distiller=None):
 
 def member_metric_names(config, names):
   """The metrics a member's sequential run logs, out of the population's `names`."""
-  if not _distilled(config):
+  if not methods.is_distilled(config):
     return [n for n in names if n in SCRATCH_METRICS]
-  return [n for n in names if n != 'oracle_accuracy' or _oracle(config)]
+  return [n for n in names if n != 'oracle_accuracy' or methods.uses_oracle(config)]
 
 
 # ------------------------------------------------------------------------- devices, jit
@@ -359,9 +326,9 @@ def check_members(members):
   for m in members:
     if not supported(m.config):
       raise errors.ConfigError(f'Member {m.name!r} (method {m.config.method!r}) cannot join a '
-                       f'population: methods {METHODS}, grad_accum_steps 1, on several processes '
+                       f'population: methods {methods.CHOICES}, grad_accum_steps 1, on several processes '
                        'a dataset held in memory (not a streamed one).')
-  distilled = [m for m in members if _distilled(m.config)]
+  distilled = [m for m in members if methods.is_distilled(m.config)]
   for m in distilled[1:]:
     if m.config.method != distilled[0].config.method:
       raise errors.ConfigError(
@@ -379,12 +346,12 @@ def evaluate_teachers(members, run, teacher_variables):
   """[teacher top-1 on x and x*, per member] as each member's sequential run reports it.
   Every distinct evaluation (plain, or the oracle at each γ) runs in one program over one
   pass of the eval split, each as `steps.teacher_eval_step` computes it."""
-  key = lambda c: (float(c.oracle.gamma) if _oracle(c) else None)
+  key = lambda c: (float(c.oracle.gamma) if methods.uses_oracle(c) else None)
   settings = {}
   for m in members:
-    if _distilled(m.config):
+    if methods.is_distilled(m.config):
       settings.setdefault(key(m.config), dataclasses.replace(
-          oracle.Settings.from_config(m.config.oracle), enabled=_oracle(m.config)))
+          oracle.Settings.from_config(m.config.oracle), enabled=methods.uses_oracle(m.config)))
 
   def step(variables, batch):
     sums = {'count': jnp.sum(batch['mask'])}
@@ -398,7 +365,7 @@ def evaluate_teachers(members, run, teacher_variables):
                          teacher_variables)
   by_key = {k: {name.split('/')[0]: v for name, v in rates.items() if name.endswith(f'/{i}')}
             for i, k in enumerate(settings)}
-  return [by_key[key(m.config)] if _distilled(m.config) else {} for m in members]
+  return [by_key[key(m.config)] if methods.is_distilled(m.config) else {} for m in members]
 
 
 class Population:
@@ -414,7 +381,7 @@ class Population:
       validation.validate_config(c)
     devices = list(mesh.devices.flat) if mesh is not None else jax.devices()
     # The teacher, data and schedule come from a distilled member's config when one exists.
-    self.config = config = next((c for c in configs if _distilled(c)), configs[0])
+    self.config = config = next((c for c in configs if methods.is_distilled(c)), configs[0])
     spec = data.dataset_spec(config.dataset)
     self.run, self._data_teacher = train.prepare(config, run=train.Run(
         config, parallel.make_mesh(devices), conv_impl=member_conv(config, spec, len(devices))))

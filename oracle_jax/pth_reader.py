@@ -54,8 +54,7 @@ class MalformedCheckpointError(errors.UserError, ValueError):
   """The file is not a well-formed PyTorch checkpoint (damaged, truncated, inconsistent)."""
 
 
-class CheckpointNotFoundError(errors.UserError, FileNotFoundError):
-  """The .pth file does not exist."""
+CheckpointNotFoundError = errors.CheckpointNotFoundError  # the one class (errors.py)
 
 
 class _Refused(Exception):

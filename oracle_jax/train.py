@@ -53,7 +53,7 @@ class Run:
     self.student = models.create(config.student.model, self.spec.num_classes,
                                  **options_of(config.student))
     self.teacher = self.distiller = None
-    if config.method != 'scratch':
+    if methods.is_distilled(config):
       self.teacher = models.create(config.teacher.model, self.spec.num_classes,
                                    **options_of(config.teacher))
       self.distiller = methods.get(config)
@@ -122,7 +122,7 @@ def rates(totals):
 
 
 def load_teacher_variables(config, run):
-  if config.method == 'scratch':
+  if not methods.is_distilled(config):
     return {}
   return parallel.replicate(teachers.load_variables(config, run.spec), run.mesh)
 
@@ -144,7 +144,7 @@ def plan(config, run):
       jax.eval_shape(model.init, jax.random.key(0),
                      np.zeros((1, *run.spec.image_shape), np.float32))['params']))
   out = dict(dataset=config.dataset, train_examples=run.num_train, method=config.method,
-             oracle=bool(config.oracle.enabled) and config.method != 'scratch',
+             oracle=methods.uses_oracle(config),
              student=config.student.model, student_params=count(run.student),
              steps=run.total_steps, epochs=round(run.total_steps / run.steps_per_epoch, 3),
              global_batch=config.batch_size, devices=run.mesh.devices.size,
@@ -333,7 +333,7 @@ def _finish(program, members, member_dirs, state, best_top1, last_eval, train_lo
   out = []
   for i, (m, workdir) in enumerate(zip(members, member_dirs)):
     c = m.config
-    if c.method == 'scratch':
+    if not methods.is_distilled(c):
       variables = variables or program.member_variables(state)
       checkpoints.save_model(workdir / 'teacher', variables[i], step=run.total_steps,
                              **_model_meta(c, run, top1=last_eval[i].get('top1')))
@@ -347,7 +347,7 @@ def _finish(program, members, member_dirs, state, best_top1, last_eval, train_lo
 
 def results_record(config, total_steps, last_eval, best_top1, train_loss, teacher_eval):
   """What `results.json` holds for one run."""
-  oracle_on = bool(config.oracle.enabled) and config.method != 'scratch'
+  oracle_on = methods.uses_oracle(config)
   return dict(final_top1=last_eval.get('top1'), final_top5=last_eval.get('top5'),
               best_top1=best_top1, final_train_loss=train_loss, steps=total_steps,
               method=config.method, oracle=oracle_on,

@@ -7,7 +7,6 @@ import re
 from oracle_jax import conv, data, methods, models, optim
 from oracle_jax.errors import ConfigError  # pylint: disable=unused-import  (callers catch it here)
 
-METHODS = ('scratch',) + methods.METHODS  # scratch: supervised, no teacher
 DTYPES = ('float32', 'bfloat16')
 SCHEDULES = ('step', 'cosine')
 
@@ -83,9 +82,10 @@ def check_ranges(config):
 
 def validate_config(config):
   spec = data.dataset_spec(config.dataset)  # unknown → ConfigError listing the known ones
-  _require(config.method in METHODS,
-           f'Unknown method {config.method!r}; choose one of {", ".join(METHODS)}.')
-  names = [config.student.model] + ([config.teacher.model] if config.method != 'scratch' else [])
+  _require(config.method in methods.CHOICES,
+           f'Unknown method {config.method!r}; choose one of {", ".join(methods.CHOICES)}.')
+  distilled = methods.is_distilled(config)
+  names = [config.student.model] + ([config.teacher.model] if distilled else [])
   for name in names:
     _require(name in models.NAMES, f'Unknown model {name!r}; choose one of: {", ".join(models.NAMES)}.')
   check_ranges(config)
@@ -103,7 +103,7 @@ def validate_config(config):
            f'optimizer.name must be one of {optim.OPTIMIZERS}, got {config.optimizer.name!r}.')
   _require(config.schedule.name in SCHEDULES,
            f'schedule.name must be one of {SCHEDULES}, got {config.schedule.name!r}.')
-  _require(config.method == 'scratch' or config.teacher.checkpoint,
+  _require(not distilled or config.teacher.checkpoint,
            f'method={config.method!r} needs a teacher: set --config.teacher.checkpoint to a '
            'model checkpoint directory (e.g. WORKDIR/teacher of a method=scratch run) or a '
            '.pth file.')
