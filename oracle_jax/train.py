@@ -259,6 +259,8 @@ def _loop(program, members, member_dirs, directory):
   preemption_notice = preemption.Notice(start)  # every process stops at the same step
   progress = metrics_io.Progress(run.total_steps, start, program.images_per_step,
                                  enabled=jax.process_index() == 0)
+  throughput = metrics_io.Throughput(writers, run.total_steps, program.images_per_step,
+                                     config.log_every_steps)
   every = lambda step, period: step == run.total_steps or (period > 0 and step % period == 0)
 
   def flush():  # a non-finite step raises here, before it is ever checkpointed
@@ -271,6 +273,7 @@ def _loop(program, members, member_dirs, directory):
     for step in range(start + 1, run.total_steps + 1):
       state, metrics = program.train_step(state, next(batches), step)
       pending.append((step, metrics))
+      throughput(step)  # host time only: steps/s and img/s every log interval
       stop = preemption_notice.reached(step)
       if every(step, config.log_every_steps) or stop:
         flush()
