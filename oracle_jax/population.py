@@ -218,7 +218,7 @@ def over_members(fn, member_loop, *args):
 def member_loop_for(mesh, distiller=None):
   """'map' on one CPU device, 'vmap' elsewhere. On CPU a vmapped student is no faster
   than its members one by one (batched matrix products and grouped convolutions run
-  ~2x slower per member than single ones, benchmarks/README.md), while `lax.map` keeps
+  slower per member than single ones, benchmarks/README.md), while `lax.map` keeps
   each member's own fast kernels and still pays dispatch, host loop and teacher once;
   accelerators and several devices (members split over them) batch well. A FitNet
   population on one CPU device unrolls its members instead: XLA's CPU compiles a stock

@@ -62,7 +62,7 @@ class Run:
     x = np.zeros((1, *self.spec.image_shape), np.float32)
     student_key, distiller_key = jax.random.split(jax.random.key(seed))
     if not hasattr(self, '_init'):  # compiled once per Run: seeds and population members share it
-      # With the CPU options XLA compiles it 2.5x sooner (4.2 → 1.7 s), to the same values.
+      # With the CPU options XLA compiles it sooner, to the same values (benchmarks/README.md).
       self._init = jax.jit(self.student.init,  # pylint: disable=attribute-defined-outside-init
                            compiler_options=self.compiler_options or None)
     variables = self._init(student_key, x)
