@@ -85,9 +85,9 @@ def get_config(arg='resnet56,resnet20'):
   if released:
     c.oracle.gamma = released[0]
   if arg.recipe == 'published':
-    if dataset != 'cifar100' or method not in published.METHODS:
+    if dataset != 'cifar100' or method not in published.RECIPE_METHODS:
       raise common.ArgumentError(
-          f'recipe=published exists for CIFAR-100 and methods {", ".join(published.METHODS)} '
+          f'recipe=published exists for CIFAR-100 and methods {", ".join(published.RECIPE_METHODS)} '
           f'only (mdistiller and the official SAD code publish no other); got {dataset} and '
           f'{method}.')
     published.cifar100(c, method)

@@ -21,7 +21,7 @@ WEIGHT_DECAY = 5e-4
 
 # The CE weight of each method's loss.
 CE_WEIGHT = {'kd': 0.1, 'fitnet': 1.0, 'at': 1.0, 'dkd': 1.0, 'sad': 1.0}
-METHODS = tuple(CE_WEIGHT)  # the methods with a published recipe
+RECIPE_METHODS = tuple(CE_WEIGHT)  # the methods with a published recipe
 
 
 def cifar100(c, method):

@@ -27,8 +27,7 @@ class TeacherCheckpointError(errors.UserError, ValueError):
   """A teacher checkpoint that does not fit the configured teacher."""
 
 
-class CheckpointNotFoundError(errors.UserError, FileNotFoundError):
-  """A model checkpoint that is not where the user said."""
+CheckpointNotFoundError = errors.CheckpointNotFoundError  # one class for every reader
 
 
 class CheckpointReadError(errors.UserError, OSError):

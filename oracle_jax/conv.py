@@ -247,7 +247,7 @@ PATCH_MAX_PIXELS = 16 * 16
 def patch_sized(image_shape) -> bool:
   """Whether images of `image_shape` (H, W, …) are small enough for 'patch' on CPU."""
   return image_shape is not None and np.prod(image_shape[:2]) <= PATCH_MAX_PIXELS
-NAMES = ('auto',) + tuple(IMPLEMENTATIONS)
+CONV_IMPLS = ('auto',) + tuple(IMPLEMENTATIONS)  # what config.conv_impl may name
 
 # XLA:CPU runs its YNNPACK convolution kernels on one thread, so a training step uses
 # half of a 2-core CPU. Leaving convolutions out of the YNNPACK fusion types (dots and
@@ -269,8 +269,8 @@ def resolve(name: str, backend: Optional[str] = None, device_count: Optional[int
   gradients and narrow convolutions well, and with several (simulated) CPU devices the
   per-device batches are already small and the devices already run in parallel (chunked
   is no faster there, benchmarks/README.md). Other names are returned checked."""
-  if name not in NAMES:
-    raise errors.ConfigError(f'Unknown conv_impl {name!r}; choose one of: {", ".join(NAMES)}.')
+  if name not in CONV_IMPLS:
+    raise errors.ConfigError(f'Unknown conv_impl {name!r}; choose one of: {", ".join(CONV_IMPLS)}.')
   if name == 'auto':
     backend = backend or jax.default_backend()
     device_count = jax.device_count() if device_count is None else device_count

@@ -14,7 +14,7 @@ import numpy as np
 
 from oracle_jax import analysis, fileio, sweep, train
 
-METHODS = ('scratch', 'kd', 'oracle_kd')
+VARIANTS = ('scratch', 'kd', 'oracle_kd')  # sweep variant names: methods, and oracle_<method>
 SEEDS = (0, 1, 2, 3, 4)
 TEACHER_STEPS = 400  # ≈ 98.5 % test accuracy on the digits (configs/default.py)
 
@@ -64,7 +64,7 @@ def run(config, workdir, *, seeds=SEEDS, teacher_steps=TEACHER_STEPS):
     teacher_dir = teacher_run / 'teacher'
   students = copy.deepcopy(config)
   students.teacher.checkpoint = str(teacher_dir)
-  results = sweep.run_grid(students, workdir, METHODS, seeds)
+  results = sweep.run_grid(students, workdir, VARIANTS, seeds)
   rows = sweep.summarize(results, 'kd')
   teacher = teacher_statistics(config, str(teacher_dir), workdir / 'analysis')
   table = format_table(rows, teacher, config, len(seeds))

@@ -16,3 +16,7 @@ class ConfigError(UserError, ValueError):
 
 class DataError(UserError, ValueError):
   """A dataset or data file that is malformed; the message names it and what is wrong."""
+
+
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+  """A checkpoint (an orbax directory, a .pth file) that is not where the user said."""

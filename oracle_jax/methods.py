@@ -1,39 +1,16 @@
 """The paper's baseline distillers — KD, FitNet, AT, DKD, SAD — as losses, modules, and one
-interface the train step calls.
+interface the train step calls; the one list of methods (`METHODS`, `CHOICES`) and its
+predicates (`is_distilled`, `uses_oracle`). Where the default weights come from:
+configs/common.py.
 
 Every loss is a pure function of arrays; teacher arguments pass through `stop_gradient`, so
 no gradient ever reaches the teacher (or, with the oracle on, x*). Features are the dicts
 the models return with `return_features=True` (NHWC `'stage1'…'stageN'`, after ReLU as
 RepDistiller's `is_feat=True`); all arithmetic is float32 whatever the model dtype.
 
-Where the numbers come from (CIFAR-100 unless said otherwise):
-* KD: τ = 4 and ce_weight = α = 1 are the official oracle-KD code's defaults (configs/common.py).
-* FitNet: hint on feature index 2 = `'stage2'` (the middle of 3 CIFAR stages; the same
-  index on 4-stage ImageNet ResNets), weight β = 100, CE weight 1, no KD term — RepDistiller
-  `scripts/run_cifar_distill.sh`: `--distill hint -a 0 -b 100` (`-r` 1 and `--hint_layer` 2
-  by default); mdistiller `CFG.FITNET` (HINT_LAYER 2, FEAT_WEIGHT 100, CE_WEIGHT 1) agrees.
-* AT: p = 2, β = 1000 on the sum over every stage (RepDistiller `feat[1:-1]`), CE weight 1,
-  no KD term — RepDistiller `--distill attention -a 0 -b 1000`; mdistiller `CFG.AT` (P 2,
-  FEAT_WEIGHT 1000) uses the same on CIFAR-100 and ImageNet (`configs/imagenet/r34_r18/at.yaml`).
-* DKD: α = 1, β = 8, τ = 4, warm-up 20 epochs, CE weight 1 — mdistiller `CFG.DKD` defaults
-  (used as is by `configs/cifar100/dkd/res32x4_res8x4.yaml`). mdistiller tunes β per pair:
-  resnet56→resnet20 and resnet110→resnet32 β = 2, wrn_40_2→wrn_16_2 and wrn_40_2→wrn_40_1
-  β = 6; ImageNet ResNet-34→18 α = 1, β = 0.5, τ = 1, warm-up 1
-  (`configs/imagenet/r34_r18/dkd.yaml`). `configs/cifar.py` (`DKD_BETA`) and
-  `configs/imagenet_r34_r18.py:dkd` apply those.
-* SAD: β = 200, query/key dimension 128, plus 0.9·KD at τ = 4, CE weight 1 — the official
-  code (clovaai/attention-feature-distillation `main.py` defaults, its README's CIFAR-100
-  WRN-40-2→WRN-16-2 command `--beta 200`; loss `CE + alpha·KL + beta·AFD` in `utils.train_kl`).
-  The official code states no other setting (ImageNet included), so 200 is used everywhere.
-  It attends over every residual block (`distill.sad_features='blocks'`, which
-  `configs/cifar.py:…,method=sad,recipe=published` sets); the default attends over the
-  stage outputs, which every model exposes.
-
-BatchNorm in the extra modules (FitNet regressor, SAD projections) always normalises with
-the statistics of the current (global) batch, as PyTorch's train mode does. The reference
-code also keeps running statistics for them, but never reads them: these modules run only
-inside the training loss. So they carry no `batch_stats` and their parameters are all there
-is to train and checkpoint.
+The extra modules (FitNet regressor, SAD projections) run only inside the training loss:
+their BatchNorm always uses the current (global) batch's statistics, as PyTorch's train
+mode does, and keeps none (the reference code's running statistics are never read).
 """
 import dataclasses
 import math
@@ -334,12 +311,27 @@ class SAD(Distiller):
     return opaque(self.beta) * sad + opaque(self.kd_weight) * kd, {'sad': sad, 'kd': kd}
 
 
-METHODS = ('kd', 'fitnet', 'at', 'dkd', 'sad')
+SCRATCH = 'scratch'  # supervised training, no teacher: how teachers are trained
+METHODS = ('kd', 'fitnet', 'at', 'dkd', 'sad')  # the distillation methods
+CHOICES = (SCRATCH, *METHODS)  # every value `config.method` takes
 
-# Each method's numeric settings that population members may choose freely (traced per
-# member: one program for all), as distiller field → config key; every other field is
-# static and shared. LOSS_WEIGHTS: the fields that weight its loss terms (all 0: the
-# distillation loss adds nothing, as for a population's scratch members).
+
+def is_distilled(config_or_method):
+  """Whether a config (or a method name) distils from a teacher: every method but scratch."""
+  method = getattr(config_or_method, 'method', config_or_method)
+  return method != SCRATCH
+
+
+def uses_oracle(config):
+  """Whether the teacher's signals come from x*: a distilled run with `oracle.enabled`."""
+  return is_distilled(config) and bool(config.oracle.enabled)
+
+
+# Each method's distiller fields, as distiller field → config key: `get` reads them. The
+# numeric ones (MEMBER_FIELDS) a population's members may choose freely (traced per
+# member: one program for all); the others are structure, static and shared.
+# LOSS_WEIGHTS: the fields that weight a method's loss terms (all 0: the distillation
+# loss adds nothing, as for a population's scratch members).
 MEMBER_FIELDS = {
     'kd': {'alpha': 'alpha', 'temperature': 'temperature'},
     'fitnet': {'weight': 'distill.fitnet_weight'},
@@ -350,33 +342,42 @@ MEMBER_FIELDS = {
     'sad': {'beta': 'distill.sad_beta', 'kd_weight': 'distill.sad_kd_weight',
             'temperature': 'temperature'},
 }
+STATIC_FIELDS = {'kd': {}, 'fitnet': {'stage': 'distill.fitnet_stage'},
+                 'at': {'p': 'distill.at_p'}, 'dkd': {}, 'sad': {'qk_dim': 'distill.sad_qk_dim'}}
 LOSS_WEIGHTS = {'kd': ('alpha',), 'fitnet': ('weight',), 'at': ('beta',),
                 'dkd': ('alpha', 'beta'), 'sad': ('beta', 'kd_weight')}
+DISTILLERS = {'kd': KD, 'fitnet': FitNet, 'at': AT, 'dkd': DKD, 'sad': SAD}
+
+
+def _lookup(config, key):
+  node = config
+  for part in key.split('.'):
+    node = node[part]
+  return node
 
 
 def get(config) -> Distiller:
-  """The distiller for `config.method` (one of METHODS); `config.distill` as in
-  configs/common.py's `distill_config`."""
-  method, d = config.method, config.get('distill')
-  if method == 'kd':
-    return KD(alpha=config.alpha, temperature=config.temperature)
+  """The distiller for `config.method` (one of METHODS), its fields read from the config
+  keys MEMBER_FIELDS and STATIC_FIELDS name (`config.distill` for all but KD)."""
+  method = config.method
   if method not in METHODS:
     raise ValueError(f'Unknown distillation method {method!r}; choose one of {METHODS}.')
-  if d is None:
-    raise ValueError(f'method {method!r} needs config.distill (configs/common.py).')
-  if method == 'fitnet':
-    return FitNet(stage=d.fitnet_stage, weight=d.fitnet_weight)
-  if method == 'at':
-    return AT(beta=d.at_beta, p=d.at_p)
-  if method == 'dkd':
-    return DKD(alpha=d.dkd_alpha, beta=d.dkd_beta, temperature=d.dkd_temperature,
-               warmup_epochs=d.dkd_warmup_epochs)
-  features = d.get('sad_features', 'stages')
+  keys = {**MEMBER_FIELDS[method], **STATIC_FIELDS[method]}
+  if config.get('distill') is None and any(k.startswith('distill.') for k in keys.values()):
+    raise ValueError(f'method {method!r} needs config.distill (see configs/common.py).')
+  fields = {field: _lookup(config, key) for field, key in keys.items()}
+  if method == 'sad':
+    fields.update(sad_structure(config))
+  return DISTILLERS[method](**fields)
+
+
+def sad_structure(config):
+  """SAD's feature granularity (`distill.sad_features`) and, over blocks, each model's
+  block step (`sad_block_step`)."""
+  features = config.distill.get('sad_features', 'stages')
   if features not in ('stages', 'blocks'):
     raise ValueError(f"distill.sad_features must be 'stages' or 'blocks', got {features!r}.")
-  steps = {}
-  if features == 'blocks':
-    steps = dict(student_block_step=sad_block_step(config.student.model),
-                 teacher_block_step=sad_block_step(config.teacher.model))
-  return SAD(beta=d.sad_beta, qk_dim=d.sad_qk_dim, kd_weight=d.sad_kd_weight,
-             temperature=config.temperature, features=features, **steps)
+  if features == 'stages':
+    return dict(features=features)
+  return dict(features=features, student_block_step=sad_block_step(config.student.model),
+              teacher_block_step=sad_block_step(config.teacher.model))

@@ -1,6 +1,7 @@
 """Metrics out: `metrics.jsonl`, TensorBoard (clu) and a progress line on stderr.
 
-Only process 0 writes. Device metrics are fetched in one transfer per log interval.
+Only process 0 writes. Device metrics are fetched in one transfer per log interval;
+throughput (`perf/steps_per_sec`, `perf/img_per_sec`) is clu's `ReportProgress` estimate.
 """
 import json
 import sys
@@ -75,6 +76,10 @@ class MetricWriter:
                       file=sys.stderr)
     self._write(step, {f'eval/{k}': v for k, v in results.items()})
 
+  def write_scalars(self, step, scalars):
+    """`scalars` as they are (clu's `MetricWriter` method of the same name)."""
+    self._write(step, scalars)
+
   def _write(self, step, scalars):
     self._tb.write_scalars(step, scalars)
     if self._primary:
@@ -83,6 +88,30 @@ class MetricWriter:
 
   def close(self):
     self._tb.flush()
+
+
+class Throughput:
+  """Steps/s and images/s at every `every_steps`-th step (and the last), measured by clu's
+  `periodic_actions.ReportProgress` (host time between reports: no device sync) and
+  written as `perf/…` to every writer. Call it after every step."""
+
+  def __init__(self, writers, total_steps, images_per_step, every_steps):
+    from clu import periodic_actions  # pylint: disable=g-import-not-at-top  (imports TF)
+    self._writers, self._images_per_step = writers, images_per_step
+    self._report = periodic_actions.ReportProgress(
+        num_train_steps=total_steps, writer=self, every_steps=every_steps or None,
+        every_secs=None)
+
+  def __call__(self, step):
+    self._report(step)
+
+  def write_scalars(self, step, scalars):
+    """ReportProgress's writer: its `steps_per_sec` (its `uptime` is left out)."""
+    if 'steps_per_sec' in scalars:
+      rate = float(scalars['steps_per_sec'])
+      for writer in self._writers:
+        writer.write_scalars(step, {'perf/steps_per_sec': rate,
+                                    'perf/img_per_sec': rate * self._images_per_step})
 
 
 class Progress:

@@ -43,7 +43,8 @@ def _validate(gamma, steps, reference_batch_size):
 
 
 def input_gradient(logits_fn: Callable, x, labels, *, reference_batch_size: int = 64):
-  """`(∂CE_i/∂x / reference_batch_size per example, logits_fn(x))` from one `jax.vjp`.
+  """`(∂CE_i/∂x / reference_batch_size per example, logits_fn(x))`: one forward and one
+  backward pass (`jax.grad`, the logits as its auxiliary output).
 
   `logits_fn` must treat examples independently (an eval-mode network): the gradient of
   the summed CE is then the per-example gradient of each example's own CE.
@@ -61,19 +62,30 @@ def reinforce_update(x_k, grad, gamma):
   return x_k - gamma * grad.astype(jnp.float32) * jnp.abs(x_k)
 
 
+def iterate(gradient_fn: Callable, x, first_gradient, *, gamma, steps: int = 1):
+  """x* in float32 from x and its input gradient `first_gradient`: `steps` updates, each
+  later one from `gradient_fn(x_k)`, the gradient at the previous iterate. Callers that
+  share one gradient among several γ (a population) pass it in once."""
+  x_k, grad = jax.lax.stop_gradient(x).astype(jnp.float32), first_gradient
+  for step in range(steps):
+    if step:
+      grad = gradient_fn(x_k)
+    x_k = reinforce_update(x_k, grad, gamma)
+  return x_k
+
+
 def reinforce_and_logits(logits_fn: Callable, x, labels, *, gamma, steps: int = 1,
                          reference_batch_size: int = 64):
-  """Returns `(x*, logits_fn(x))`: the first step's forward pass gives the teacher's
-  logits on x for free (one `jax.vjp`), which callers use for metrics."""
+  """Returns `(x*, logits_fn(x))`: the first input gradient's forward pass gives the
+  teacher's logits on x for free, which callers use for metrics."""
   _validate(gamma, steps, reference_batch_size)
-  x_k = jax.lax.stop_gradient(x).astype(jnp.float32)  # the update is always float32
-  logits_x = None
-  for _ in range(steps):
-    grad, logits = input_gradient(logits_fn, x_k.astype(x.dtype), labels,
-                                  reference_batch_size=reference_batch_size)
-    logits_x = logits if logits_x is None else logits_x
-    x_k = reinforce_update(x_k, grad, gamma)
-  return jax.lax.stop_gradient(x_k).astype(x.dtype), jax.lax.stop_gradient(logits_x)
+  gradient = functools.partial(input_gradient, logits_fn, labels=labels,
+                               reference_batch_size=reference_batch_size)
+  grad, logits_x = gradient(jax.lax.stop_gradient(x))
+  # Later gradients are taken in x's dtype (the models cast inside), the update in float32.
+  x_star = iterate(lambda x_k: gradient(x_k.astype(x.dtype))[0], x, grad, gamma=gamma,
+                   steps=steps)
+  return jax.lax.stop_gradient(x_star).astype(x.dtype), jax.lax.stop_gradient(logits_x)
 
 
 def reinforce(logits_fn: Callable, x, labels, *, gamma, steps: int = 1,

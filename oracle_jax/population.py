@@ -1,45 +1,18 @@
-"""Populations: P students of one teacher and one student architecture trained as one
-jitted program over a member axis (`jax.vmap`; on one CPU device `lax.map`, see
-`member_loop_for`).
+"""Populations: P students of one teacher trained as one jitted program over a member
+axis (`over_members`: `jax.vmap`, or `lax.map` on one CPU device), by the loop of a
+single run (`train.fit`, with `Population` as its program).
 
-Small students are overhead-bound (a resnet8 step on the 8×8 digits is well under a
-GFLOP): run one after another, every run pays its own compile, dispatch, host loop,
-evaluation and teacher passes. A population pays them once.
-
-A population distils with ONE method of `methods.METHODS` (kd, fitnet, at, dkd, sad) and
-may add `scratch` members (the method's loss weights 0, CE weight 1). What may differ
-between members (passed as arrays, so one compiled program serves all): the seed (init,
-data order, augmentation), distilled or scratch, the oracle on/off and γ, the CE weight,
-the learning rate (as a scale of the shared schedule) and the method's numeric weights
-(`methods.MEMBER_FIELDS`: KD α, τ; DKD α, β, τ, warm-up; AT β; FitNet weight; SAD β, KD
-weight, τ). Everything else — models, teacher, data, batch size, steps, schedule shape,
-optimizer, the method's structure (FitNet stage, AT p, SAD features and qk_dim) — is
-shared (`compatibility_key`). The distillers' trainable modules (FitNet regressor, SAD
-attention) are part of each member's state, trained and checkpointed with it.
-
-Members that share a seed share a batch, and members that share a batch share the
-teacher's work: its forward on x (non-oracle members) and its input gradient (oracle
-members) once per distinct batch, its forward on x*_γ once per distinct (batch, γ); with
-a feature method each forward returns the teacher's features too. Each member computes
-the arithmetic of its sequential run (`train.train_and_evaluate`): on one device its
-parameters, metrics and results are bit for bit the sequential run's (same convolution,
-same teacher computation, its distiller the sequential one with its own weights, the
-learning-rate scale applied to the scalar rate).
-
-On several devices the members are split over them (`make_mesh`: member × data), on
-several processes over every process's devices: each process then reads every member's
-whole batches (`data.train_iterator(..., whole_batches=True)`; a dataset held in memory,
-not a streamed one) and places the parts its devices hold (`put`).
-
-Each member keeps its own workdir as a sequential run would (config.json, metrics.jsonl,
-TensorBoard, best/, teacher/ for scratch, results.json); the population's training
-checkpoints (the stacked state of all members) live in one directory of their own.
+Members share the models, teacher, data, schedule and one distillation method, plus
+scratch members (`compatibility_key`); each may choose its seed, the oracle and γ, its CE
+weight, learning-rate scale and the method's weights (`methods.MEMBER_FIELDS`), passed as
+arrays. Members of one seed share a batch and the teacher's work on it (`plan`). Each
+member computes its sequential run's arithmetic: on one device its parameters, metrics
+and results are that run's bit for bit. Several devices split the members (`make_mesh`);
+several processes each read every member's whole batches (a dataset held in memory).
 """
-import contextlib
 import dataclasses
 import functools
 import json
-import logging
 import math
 
 import jax
@@ -49,9 +22,8 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from oracle_jax import checkpoints, conv, data, errors, fileio, methods, metrics_io, steps
-from oracle_jax import models, optim, oracle, parallel, patch_conv, preemption, train, validation
-from oracle_jax import workdirs
+from oracle_jax import conv, data, errors, methods, models, optim, oracle, parallel, patch_conv
+from oracle_jax import steps, train, validation
 
 # Settings a member may choose freely; every other config key must agree across members
 # (`check_members` also requires one distilled method).
@@ -59,16 +31,11 @@ MEMBER_KEYS = ('seed', 'method', 'oracle.enabled', 'oracle.gamma', 'ce_weight',
                'optimizer.learning_rate', 'overwrite',
                *dict.fromkeys(key for fields in methods.MEMBER_FIELDS.values()
                               for key in fields.values()))
-METHODS = (*methods.METHODS, 'scratch')
 # What a scratch member logs (its sequential run has no teacher and no distillation terms).
 SCRATCH_METRICS = ('ce', 'loss', 'accuracy', 'grad_norm', 'learning_rate')
 
 
-@dataclasses.dataclass(frozen=True)
-class Member:
-  name: str      # how metrics, errors and logs name the member, e.g. 'oracle_kd_seed3'
-  config: object  # the member's whole config: the one its sequential run would use
-  workdir: str
+Member = train.Member  # (name, config, workdir): one member of the loop
 
 
 def compatibility_key(config):
@@ -88,21 +55,13 @@ def supported(config):
   batches (no gradient accumulation) and, on several processes, a dataset held in memory
   (each process reads every member's whole batches: `data.train_iterator`'s
   `whole_batches`; a streamed dataset's stream is per process)."""
-  return (config.method in METHODS and config.grad_accum_steps == 1
+  return (config.method in methods.CHOICES and config.grad_accum_steps == 1
           and (jax.process_count() == 1 or not data.dataset_spec(config.dataset).streamed))
-
-
-def _distilled(config):
-  return config.method != 'scratch'
-
-
-def _oracle(config):
-  return _distilled(config) and bool(config.oracle.enabled)
 
 
 def distilled_method(configs):
   """The method the distilled members of `configs` share (None if all are scratch)."""
-  return next((c.method for c in configs if _distilled(c)), None)
+  return next((c.method for c in configs if methods.is_distilled(c)), None)
 
 
 def member_fields(configs):
@@ -112,9 +71,9 @@ def member_fields(configs):
   method = distilled_method(configs)
   if method is None:
     return {}
-  reference = methods.get(next(c for c in configs if _distilled(c)))
+  reference = methods.get(next(c for c in configs if methods.is_distilled(c)))
   def value(config, field):
-    if _distilled(config):
+    if methods.is_distilled(config):
       return getattr(methods.get(config), field)
     return 0.0 if field in methods.LOSS_WEIGHTS[method] else getattr(reference, field)
   return {field: np.asarray([value(c, field) for c in configs], np.float32)
@@ -132,20 +91,21 @@ def plan(configs, base_learning_rate=None):
   pass) on each batch of an oracle member."""
   seeds = list(dict.fromkeys(int(c.seed) for c in configs))
   batch_of = lambda c: seeds.index(int(c.seed))
-  plain = list(dict.fromkeys(batch_of(c) for c in configs if _distilled(c) and not _oracle(c)))
-  grad = list(dict.fromkeys(batch_of(c) for c in configs if _oracle(c)))
-  signals = list(dict.fromkeys((batch_of(c), float(c.oracle.gamma)) for c in configs
-                               if _oracle(c)))
+  plain_members = [c for c in configs if methods.is_distilled(c) and not methods.uses_oracle(c)]
+  oracles = [c for c in configs if methods.uses_oracle(c)]
+  plain = list(dict.fromkeys(batch_of(c) for c in plain_members))
+  grad = list(dict.fromkeys(batch_of(c) for c in oracles))
+  signals = list(dict.fromkeys((batch_of(c), float(c.oracle.gamma)) for c in oracles))
   # A member's rows: its distillation target and its teacher-on-x logits (for metrics).
   # Scratch members read row 0, a target (features included) whenever a teacher exists,
   # and weight it 0.
   target_rows, x_rows = [], []
   for c in configs:
-    if _oracle(c):
+    if methods.uses_oracle(c):
       target_rows.append(len(plain) + signals.index((batch_of(c), float(c.oracle.gamma))))
       x_rows.append(len(plain) + len(signals) + grad.index(batch_of(c)))
     else:
-      row = plain.index(batch_of(c)) if _distilled(c) else 0
+      row = plain.index(batch_of(c)) if methods.is_distilled(c) else 0
       target_rows.append(row)
       x_rows.append(row)
   base_lr = base_learning_rate or configs[0].optimizer.learning_rate
@@ -158,7 +118,7 @@ def plan(configs, base_learning_rate=None):
       oracle_gradient=i32([grad.index(b) for b, _ in signals]),
       oracle_gamma=f32([g for _, g in signals]).reshape(-1),
       distiller=member_fields(configs),
-      ce_weight=f32([c.ce_weight if _distilled(c) else 1.0 for c in configs]),
+      ce_weight=f32([c.ce_weight if methods.is_distilled(c) else 1.0 for c in configs]),
       learning_rate_scale=f32([c.optimizer.learning_rate / base_lr for c in configs]))
   return seeds, arrays
 
@@ -188,13 +148,10 @@ def teacher_signals(teacher, teacher_variables, x, labels, arrays, *, with_featu
     x_g, labels_g = x[arrays['gradient_batch']], labels[arrays['gradient_batch']]
     grads, logits_x = each(gradient, x_g, labels_g)  # one input gradient per batch
     gradient_logits.append(logits_x)
-    which = arrays['oracle_gradient']
+    which = arrays['oracle_gradient']  # each (batch, γ)'s row of those gradients
     gamma = arrays['oracle_gamma'].reshape(-1, *([1] * (x.ndim - 1)))
-    x_star, grad = x_g[which], grads[which]
-    for step in range(oracle_steps):
-      if step:  # later steps start from each γ's own iterate
-        grad, _ = each(gradient, x_star, labels_g[which])
-      x_star = oracle.reinforce_update(x_star, grad, gamma)
+    x_star = oracle.iterate(lambda x_k: each(gradient, x_k, labels_g[which])[0],
+                            x_g[which], grads[which], gamma=gamma, steps=oracle_steps)
     targets.append(each(target_fn, x_star))
   targets = jax.tree.map(lambda *parts: jnp.concatenate(parts), *targets)
   logits, features = targets if with_features else (targets, None)
@@ -261,7 +218,7 @@ def over_members(fn, member_loop, *args):
 def member_loop_for(mesh, distiller=None):
   """'map' on one CPU device, 'vmap' elsewhere. On CPU a vmapped student is no faster
   than its members one by one (batched matrix products and grouped convolutions run
-  ~2x slower per member than single ones, benchmarks/README.md), while `lax.map` keeps
+  slower per member than single ones, benchmarks/README.md), while `lax.map` keeps
   each member's own fast kernels and still pays dispatch, host loop and teacher once;
   accelerators and several devices (members split over them) batch well. A FitNet
   population on one CPU device unrolls its members instead: XLA's CPU compiles a stock
@@ -276,26 +233,31 @@ def member_loop_for(mesh, distiller=None):
 
 def member_metric_names(config, names):
   """The metrics a member's sequential run logs, out of the population's `names`."""
-  if not _distilled(config):
+  if not methods.is_distilled(config):
     return [n for n in names if n in SCRATCH_METRICS]
-  return [n for n in names if n != 'oracle_accuracy' or _oracle(config)]
+  return [n for n in names if n != 'oracle_accuracy' or methods.uses_oracle(config)]
 
 
 # ------------------------------------------------------------------------- devices, jit
 
-def member_model(model_config, config, spec, device_count):
-  """The student (or teacher) model of a population: the convolution `config.conv_impl`
-  chooses, as for a sequential run (on one CPU device 'auto' is `patch_conv` for the
-  digits, so each member computes its sequential run's arithmetic). On several CPU
-  devices tiny images keep `patch_conv` too: vmapped, XLA's CPU convolutions become
-  grouped convolutions ~10x slower than alone, inside `lax.map` the stock ones too
-  (benchmarks/README.md). The parameters are the same whatever the convolution."""
+def member_conv(config, spec, device_count):
+  """The convolution of a population's models: the one `config.conv_impl` chooses, as for
+  a sequential run (on one CPU device 'auto' is `patch_conv` for the digits, so each
+  member computes its sequential run's arithmetic). On several CPU devices tiny images
+  keep `patch_conv` too: vmapped, XLA's CPU convolutions become grouped convolutions
+  slower than alone, inside `lax.map` the stock ones too (benchmarks/README.md). The
+  parameters are the same whatever the convolution."""
   conv_impl, _ = conv.choose(config.conv_impl, device_count, image_shape=spec.image_shape)
   if (jax.default_backend() == 'cpu' and conv.patch_sized(spec.image_shape)
       and config.conv_impl == 'auto'):
     conv_impl = patch_conv.patch_conv
-  return models.create(model_config.model, spec.num_classes,
-                       **train.model_kwargs(model_config, config.dtype, conv_impl))
+  return conv_impl
+
+
+def member_model(model_config, config, spec, device_count):
+  """The student (or teacher) model of a population (`member_conv`'s convolution)."""
+  return models.create(model_config.model, spec.num_classes, **train.model_kwargs(
+      model_config, config.dtype, member_conv(config, spec, device_count)))
 
 
 def make_mesh(population_size, devices=None):
@@ -364,9 +326,9 @@ def check_members(members):
   for m in members:
     if not supported(m.config):
       raise errors.ConfigError(f'Member {m.name!r} (method {m.config.method!r}) cannot join a '
-                       f'population: methods {METHODS}, grad_accum_steps 1, on several processes '
+                       f'population: methods {methods.CHOICES}, grad_accum_steps 1, on several processes '
                        'a dataset held in memory (not a streamed one).')
-  distilled = [m for m in members if _distilled(m.config)]
+  distilled = [m for m in members if methods.is_distilled(m.config)]
   for m in distilled[1:]:
     if m.config.method != distilled[0].config.method:
       raise errors.ConfigError(
@@ -380,31 +342,16 @@ def check_members(members):
                        f'{", ".join(MEMBER_KEYS)}; it cannot share their program.')
 
 
-def evaluate(run, mesh, eval_step, variables, size):
-  """Per-member rates over the eval split (as `train.evaluate`, with a member axis)."""
-  batches = data.eval_iterator(run.spec, data_dir=run.data_dir,
-                               global_batch_size=run.config.eval_batch_size, whole_batches=True)
-  sharding = NamedSharding(mesh, P('data'))
-  totals = None
-  for batch in batches:
-    sums = eval_step(variables, put(batch, sharding))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
-  counts = totals.pop('count')
-  return [{**{k.replace('correct_', '').replace('loss_sum', 'loss'): float(v[i]) / counts[i]
-              for k, v in totals.items()}, 'examples': int(counts[i])} for i in range(size)]
-
-
 def evaluate_teachers(members, run, teacher_variables):
-  """{member name: teacher top-1 on x and x*} as each member's sequential run reports it.
+  """[teacher top-1 on x and x*, per member] as each member's sequential run reports it.
   Every distinct evaluation (plain, or the oracle at each γ) runs in one program over one
   pass of the eval split, each as `steps.teacher_eval_step` computes it."""
-  key = lambda c: (float(c.oracle.gamma) if _oracle(c) else None)
+  key = lambda c: (float(c.oracle.gamma) if methods.uses_oracle(c) else None)
   settings = {}
   for m in members:
-    if _distilled(m.config):
+    if methods.is_distilled(m.config):
       settings.setdefault(key(m.config), dataclasses.replace(
-          oracle.Settings.from_config(m.config.oracle), enabled=_oracle(m.config)))
+          oracle.Settings.from_config(m.config.oracle), enabled=methods.uses_oracle(m.config)))
 
   def step(variables, batch):
     sums = {'count': jnp.sum(batch['mask'])}
@@ -418,160 +365,101 @@ def evaluate_teachers(members, run, teacher_variables):
                          teacher_variables)
   by_key = {k: {name.split('/')[0]: v for name, v in rates.items() if name.endswith(f'/{i}')}
             for i, k in enumerate(settings)}
-  return {m.name: by_key[key(m.config)] if _distilled(m.config) else {} for m in members}
+  return [by_key[key(m.config)] if methods.is_distilled(m.config) else {} for m in members]
+
+
+class Population:
+  """A population as the training loop (`train.fit`) sees it: `train.SingleRun`'s
+  interface over a member axis. Built once: checks, models, teacher, jitted steps."""
+  resuming = 'Resuming the population from step %d in %s'
+
+  def __init__(self, members, mesh=None):
+    check_members(members)
+    self.members = members
+    configs = [m.config for m in members]
+    for c in configs:
+      validation.validate_config(c)
+    devices = list(mesh.devices.flat) if mesh is not None else jax.devices()
+    # The teacher, data and schedule come from a distilled member's config when one exists.
+    self.config = config = next((c for c in configs if methods.is_distilled(c)), configs[0])
+    spec = data.dataset_spec(config.dataset)
+    self.run, self._data_teacher = train.prepare(config, run=train.Run(
+        config, parallel.make_mesh(devices), conv_impl=member_conv(config, spec, len(devices))))
+    self.mesh = make_mesh(len(members), devices)
+    parallel.check_batch_size(config.batch_size, Mesh(self.mesh.devices[0], ('data',)))
+    self.images_per_step = config.batch_size * len(members)
+    self._seeds, arrays = plan(configs, config.optimizer.learning_rate)
+    self._arrays = parallel.replicate(arrays, self.mesh)
+    self._teacher_variables = (parallel.replicate(self._data_teacher, self.mesh)
+                               if self.run.teacher else {})
+    self._step, self._eval_step = self._jit_steps()
+
+  def _jit_steps(self):
+    run, config = self.run, self.config
+    train_step = jit_population_step(
+        self.mesh, run.compiler_options, student=run.student, teacher=run.teacher,
+        distiller=run.distiller, spec=run.spec, learning_rate_fn=run.lr_fn,
+        make_optimizer=functools.partial(optim.make_optimizer, config),
+        steps_per_epoch=run.steps_per_epoch, oracle_steps=config.oracle.steps,
+        reference_batch_size=config.oracle.reference_batch_size,
+        label_smoothing=config.label_smoothing,
+        member_loop=member_loop_for(self.mesh, run.distiller))
+    eval_step = jit_population_eval(self.mesh, run.compiler_options, member_loop_for(self.mesh),
+                                    model=run.student, spec=run.spec)
+    return train_step, eval_step
+
+  def initial_state(self):
+    return put(stack([self.run.init_state(m.config.seed) for m in self.members]),
+               member_sharding(self.mesh))
+
+  def start_step(self, state):
+    return int(fetch(state.step)[0])
+
+  def train_batches(self, start):
+    """Each step's distinct batches (one per seed) stacked, whole on every process."""
+    run, config = self.run, self.config
+    iterators = [validation.first_checked(data.train_iterator(
+        run.spec, data_dir=run.data_dir, global_batch_size=config.batch_size, seed=seed,
+        start_step=start, train_examples=config.train_examples, whole_batches=True), run.spec)
+                 for seed in self._seeds]
+    sharding = NamedSharding(self.mesh, P(None, 'data'))
+    for host in zip(*iterators):
+      yield put({k: np.stack([b[k] for b in host]) for k in ('image', 'label')}, sharding)
+
+  def train_step(self, state, batch, step):
+    del step  # the bundled models draw no randomness
+    return self._step(state, self._teacher_variables, batch, self._arrays)
+
+  def evaluate(self, state):
+    """Per-member rates over the eval split (as `train.evaluate`, with a member axis)."""
+    run = self.run
+    batches = data.eval_iterator(run.spec, data_dir=run.data_dir,
+                                 global_batch_size=self.config.eval_batch_size,
+                                 whole_batches=True)
+    sharding = NamedSharding(self.mesh, P('data'))
+    totals = None
+    for batch in batches:
+      sums = self._eval_step(state.variables(), put(batch, sharding))
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    return [train.rates(unstack(totals, i)) for i in range(len(self.members))]
+
+  def member_metrics(self, metrics, index):
+    names = member_metric_names(self.members[index].config, metrics)
+    return {k: metrics[k][index] for k in names}
+
+  def member_variables(self, state):
+    variables = fetch(state.variables())
+    return [unstack(variables, i) for i in range(len(self.members))]
+
+  def teacher_evaluations(self):
+    if self.run.teacher is None:
+      return [{} for _ in self.members]
+    return evaluate_teachers(self.members, self.run, self._data_teacher)
 
 
 def train_population(members, directory, *, mesh=None):
   """Trains `members` (a list of `Member`) as one population, resuming from the newest
   checkpoint in `directory`; returns each member's results (as `train.train_and_evaluate`
   returns them), in order, and writes each member's `results.json`."""
-  check_members(members)
-  configs = [m.config for m in members]
-  for c in configs:
-    validation.validate_config(c)
-  devices = list(mesh.devices.flat) if mesh is not None else jax.devices()
-  # The teacher, data and schedule come from a distilled member's config when one exists.
-  reference = next((c for c in configs if _distilled(c)), configs[0])
-  run, data_teacher = train.prepare(reference, mesh=parallel.make_mesh(devices))
-  pmesh = make_mesh(len(members), devices)
-  parallel.check_batch_size(reference.batch_size, Mesh(pmesh.devices[0], ('data',)))
-  member_dirs = [fileio.path(m.workdir) for m in members]
-  directory = fileio.path(directory)
-  with contextlib.ExitStack() as locks:  # only now: bad input writes nothing
-    for d in [directory, *member_dirs]:
-      locks.enter_context(workdirs.exclusive(d))
-    for c, d in zip(configs, member_dirs):
-      workdirs.prepare(c, d)
-    return _train(members, configs, reference, run, data_teacher, pmesh, devices,
-                  member_dirs, directory)
-
-
-def _train(members, configs, reference, run, data_teacher, pmesh, devices, member_dirs,
-           directory):
-  manager = checkpoints.TrainCheckpoints(directory / 'checkpoints', keep=reference.keep_checkpoints)
-
-  seeds, arrays = plan(configs, reference.optimizer.learning_rate)
-  state = put(stack([run.init_state(c.seed) for c in configs]), member_sharding(pmesh))
-  state, meta = manager.restore_latest(state)
-  size = len(members)
-  best_top1 = meta.get('best_top1', [0.0] * size)
-  last_eval = meta.get('last_eval', [{}] * size)
-  train_loss = meta.get('train_loss', [float('nan')] * size)
-  start = int(fetch(state.step)[0])
-  if start:
-    logging.warning('Resuming the population from step %d in %s', start, directory)
-
-  teacher_variables = parallel.replicate(data_teacher, pmesh) if run.teacher else {}
-  student = member_model(reference.student, reference, run.spec, len(devices))
-  teacher = (member_model(reference.teacher, reference, run.spec, len(devices))
-             if run.teacher else None)
-  train_step = jit_population_step(
-      pmesh, run.compiler_options, student=student, teacher=teacher, distiller=run.distiller,
-      spec=run.spec,
-      learning_rate_fn=run.lr_fn, make_optimizer=functools.partial(optim.make_optimizer, reference),
-      steps_per_epoch=run.steps_per_epoch, oracle_steps=reference.oracle.steps,
-      reference_batch_size=reference.oracle.reference_batch_size,
-      label_smoothing=reference.label_smoothing,
-      member_loop=member_loop_for(pmesh, run.distiller))
-  eval_step = jit_population_eval(pmesh, run.compiler_options, member_loop_for(pmesh),
-                                  model=student, spec=run.spec)
-  batch_sharding = NamedSharding(pmesh, P(None, 'data'))
-  arrays = parallel.replicate(arrays, pmesh)
-  writers = [metrics_io.MetricWriter(d, start, tensorboard=reference.tensorboard)
-             for d in member_dirs]
-  iterators = [data.train_iterator(run.spec, data_dir=run.data_dir,
-                                   global_batch_size=reference.batch_size, seed=seed,
-                                   start_step=start, train_examples=reference.train_examples,
-                                   whole_batches=True)
-               for seed in seeds]
-  eval_every = int(round(reference.eval_every_epochs * run.steps_per_epoch))
-  pending = []
-  preemption_notice = preemption.Notice(start)
-  progress = metrics_io.Progress(run.total_steps, start, reference.batch_size * size,
-                                 enabled=jax.process_index() == 0)
-  every = lambda step, period: step == run.total_steps or (period > 0 and step % period == 0)
-
-  def flush():
-    nonlocal pending, train_loss
-    train_loss = _write_train(members, writers, pending, manager.latest_step(), train_loss)
-    pending = []
-
-  try:
-    for step in range(start + 1, run.total_steps + 1):
-      host = [next(it) for it in iterators]
-      if step == start + 1:
-        for b in host:
-          validation.check_batch(b, run.spec)
-      batch = put({k: np.stack([b[k] for b in host]) for k in ('image', 'label')},
-                  batch_sharding)
-      state, metrics = train_step(state, teacher_variables, batch, arrays)
-      pending.append((step, metrics))
-      stop = preemption_notice.reached(step)
-      if every(step, reference.log_every_steps) or stop:
-        flush()
-        progress.update(step)
-      if every(step, eval_every):
-        last_eval = evaluate(run, pmesh, eval_step, state.variables(), size)
-        variables = None
-        for i, (m, writer) in enumerate(zip(members, writers)):
-          writer.write_eval(step, last_eval[i])
-          if last_eval[i]['top1'] > best_top1[i]:
-            best_top1[i] = last_eval[i]['top1']
-            variables = variables or fetch(state.variables())
-            checkpoints.save_model(member_dirs[i] / 'best', unstack(variables, i), step=step,
-                                   **train._model_meta(m.config, run, top1=best_top1[i]))  # pylint: disable=protected-access
-      if every(step, reference.checkpoint_every_steps) or stop:
-        flush()  # a non-finite step is never checkpointed
-        manager.save(step, state, dict(best_top1=best_top1, last_eval=last_eval,
-                                       train_loss=train_loss))
-      if stop:
-        preemption.exit_saved(step)
-  finally:
-    preemption_notice.close()
-    progress.close()
-    manager.close()
-    for writer in writers:
-      writer.close()
-  return _finish(members, member_dirs, run, state, data_teacher, best_top1, last_eval, train_loss)
-
-
-def _write_train(members, writers, pending, last_good_step, train_loss):
-  """Each member's pending metrics to its own writer; a non-finite member stops the
-  population with its name."""
-  if not pending:
-    return train_loss
-  values = jax.device_get(pending)
-  losses = list(train_loss)
-  for i, (m, writer) in enumerate(zip(members, writers)):
-    names = member_metric_names(m.config, values[0][1])
-    member = [(step, {k: metrics[k][i] for k in names}) for step, metrics in values]
-    try:
-      losses[i] = writer.write_train(member, last_good_step)
-    except metrics_io.NonFiniteLossError as e:
-      raise metrics_io.NonFiniteLossError(f'Population member {m.name!r}: {e}') from None
-  return losses
-
-
-def _finish(members, member_dirs, run, state, teacher_variables, best_top1, last_eval, train_loss):
-  """Each member's final model (scratch members keep theirs as a teacher) and results."""
-  variables = fetch(state.variables())
-  teachers = evaluate_teachers(members, run, teacher_variables) if run.teacher else {}
-  out = []
-  for i, (m, workdir) in enumerate(zip(members, member_dirs)):
-    c = m.config
-    if not _distilled(c):
-      checkpoints.save_model(workdir / 'teacher', unstack(variables, i), step=run.total_steps,
-                             **train._model_meta(c, run, top1=last_eval[i].get('top1')))  # pylint: disable=protected-access
-    teacher_eval = teachers.get(m.name, {})
-    results = dict(final_top1=last_eval[i].get('top1'), final_top5=last_eval[i].get('top5'),
-                   best_top1=best_top1[i], final_train_loss=train_loss[i], steps=run.total_steps,
-                   method=c.method, oracle=_oracle(c),
-                   gamma=float(c.oracle.gamma) if _oracle(c) else None, dataset=c.dataset,
-                   student=c.student.model, seed=c.seed,
-                   teacher_top1=teacher_eval.get('teacher_top1'),
-                   oracle_top1=teacher_eval.get('oracle_top1'),
-                   **train.versus_reference(c.get('reference_top1'), best_top1[i]))
-    if jax.process_index() == 0:
-      fileio.write_json(workdir / 'results.json', results)
-    out.append(results)
-  return out
+  return train.fit(Population(members, mesh), members, directory)

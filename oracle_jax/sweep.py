@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 
-from oracle_jax import errors, fileio, parallel, train, validation
+from oracle_jax import errors, fileio, methods, parallel, train, validation
 from oracle_jax import population as population_lib
 
 
@@ -103,7 +103,7 @@ def plan(config, names, seeds, population='auto', mesh=None):
 def run_grid(config, workdir, names, seeds, population='auto', mesh=None):
   """Trains every (name, seed) in `workdir/<name>_seed<seed>` (each resumable); returns
   `{name: [results per seed]}`. `population='auto'` trains the variants that can share
-  one program (`population_groups`) as one vmapped population; 'off', and variants that
+  one program (`population_groups`) as one population (`population.py`); 'off', and variants that
   cannot, run one after another (seeds of one variant share a compilation).
   Either way each run's results are its own (on one device, bit for bit the same). `mesh`:
   the devices (default all)."""
@@ -112,7 +112,7 @@ def run_grid(config, workdir, names, seeds, population='auto', mesh=None):
   mesh = mesh or parallel.make_mesh()
   for name in names:
     method, _ = variant(name)
-    if method not in (config.method, 'scratch'):
+    if methods.is_distilled(method) and method != config.method:
       logging.warning(
           "Variant %r runs under this config's %s recipe (ce_weight %g, temperature %g); "
           'for its own recipe sweep a config built for it (e.g. configs/cifar.py:T,S,'
@@ -146,13 +146,13 @@ def population_groups(runs, share):
       share and population_lib.supported(c)) else None
   first_method = {}  # compatibility key → the first distilled method with it
   for _, _, c in runs:
-    if key_of(c) is not None and c.method != 'scratch':
+    if key_of(c) is not None and methods.is_distilled(c):
       first_method.setdefault(key_of(c), c.method)
   groups = {}
   for name, seed, c in runs:
     key = key_of(c)
-    group = (name, seed) if key is None else (key, first_method.get(key, c.method) if
-                                              c.method == 'scratch' else c.method)
+    method = c.method if methods.is_distilled(c) else first_method.get(key, c.method)
+    group = (name, seed) if key is None else (key, method)
     groups.setdefault(group, []).append((name, seed, c))
   return list(groups.values())
 

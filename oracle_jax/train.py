@@ -1,13 +1,18 @@
-"""The training loop: data → sharded distillation step → metrics, evaluation, checkpoints.
+"""The training loop: data → sharded step → metrics, evaluation, checkpoints, results.
 
 `train_and_evaluate(config, workdir)` trains the configured student (or, with
-`method='scratch'`, a supervised model — how teachers are trained), resumes
-automatically from the newest good checkpoint in `workdir`, saves on SIGTERM, and writes
-`results.json`. A scratch run also keeps its final model in `workdir/teacher`.
+`method='scratch'`, a supervised model — how teachers are trained), resumes from the
+newest good checkpoint in `workdir`, saves on SIGTERM, and writes `results.json`; a
+scratch run also keeps its final model in `workdir/teacher`. `fit` is the loop itself,
+written over a list of members: a single run is a population of one (`SingleRun`), a
+population (`population.Population`) brings its own step, batches and evaluation.
 """
+import contextlib
+import dataclasses
 import functools
 import logging
 import math
+from typing import Any
 
 import jax
 import numpy as np
@@ -25,9 +30,11 @@ def model_kwargs(model_config, dtype, conv_impl=None):
 class Run:
   """What a run needs beyond the config: sizes, models, jitted steps. Built once."""
 
-  def __init__(self, config, mesh, *, num_train=None):
-    """`num_train`: the training split's size where known without reading the data
-    (benchmarks on synthetic batches); by default counted from the dataset."""
+  def __init__(self, config, mesh, *, conv_impl=None, num_train=None):
+    """`conv_impl`: a convolution to build the models with instead of `config.conv_impl`'s
+    choice for `mesh` (a population's, `population.member_conv`); `num_train`: the
+    training split's size where known without reading the data (benchmarks on synthetic
+    batches); by default counted from the dataset."""
     self.config, self.mesh = config, mesh
     self.spec = data.dataset_spec(config.dataset)
     self.data_dir = config.data_dir or None
@@ -41,13 +48,14 @@ class Run:
     self.tx = optim.make_optimizer(config, self.lr_fn)
     self.oracle_settings = oracle.Settings.from_config(config.oracle)
     # The convolution and the XLA options that go with it depend on the mesh ('auto').
-    conv_impl, self.compiler_options = conv.choose(config.conv_impl, mesh.size,
-                                                   image_shape=self.spec.image_shape)
+    chosen, self.compiler_options = conv.choose(config.conv_impl, mesh.size,
+                                                image_shape=self.spec.image_shape)
+    conv_impl = conv_impl or chosen
     options_of = functools.partial(model_kwargs, dtype=config.dtype, conv_impl=conv_impl)
     self.student = models.create(config.student.model, self.spec.num_classes,
                                  **options_of(config.student))
     self.teacher = self.distiller = None
-    if config.method != 'scratch':
+    if methods.is_distilled(config):
       self.teacher = models.create(config.teacher.model, self.spec.num_classes,
                                    **options_of(config.teacher))
       self.distiller = methods.get(config)
@@ -56,7 +64,7 @@ class Run:
     x = np.zeros((1, *self.spec.image_shape), np.float32)
     student_key, distiller_key = jax.random.split(jax.random.key(seed))
     if not hasattr(self, '_init'):  # compiled once per Run: seeds and population members share it
-      # With the CPU options XLA compiles it 2.5x sooner (4.2 → 1.7 s), to the same values.
+      # With the CPU options XLA compiles it sooner, to the same values (benchmarks/README.md).
       self._init = jax.jit(self.student.init,  # pylint: disable=attribute-defined-outside-init
                            compiler_options=self.compiler_options or None)
     variables = self._init(student_key, x)
@@ -103,27 +111,20 @@ def evaluate(run, eval_step, variables):
   for batch in parallel.prefetch_to_devices(it, run.mesh):
     sums = eval_step(variables, batch)
     totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
-  totals = jax.device_get(totals)
-  n = int(totals.pop('count'))
-  rates = {k.replace('correct_', '').replace('loss_sum', 'loss'): float(v) / n
-           for k, v in totals.items()}
-  return {**rates, 'examples': n}
+  return rates(jax.device_get(totals))
 
 
-def _first_checked(host_batches, spec):
-  """`host_batches`, the first one checked (shapes, dtypes, labels) before any step."""
-  first = next(host_batches)
-  validation.check_batch(first, spec)
-  yield first
-  yield from host_batches
-
-
-def _every(step, period, total):
-  return step == total or (period > 0 and step % period == 0)
+def rates(totals):
+  """Host sums of an evaluation (`correct_<name>`, `loss_sum`, `count`) as rates
+  (`<name>`, `loss`) and the number of `examples`."""
+  n = int(totals['count'])
+  out = {k.replace('correct_', '').replace('loss_sum', 'loss'): float(v) / n
+         for k, v in totals.items() if k != 'count'}
+  return {**out, 'examples': n}
 
 
 def load_teacher_variables(config, run):
-  if config.method == 'scratch':
+  if not methods.is_distilled(config):
     return {}
   return parallel.replicate(teachers.load_variables(config, run.spec), run.mesh)
 
@@ -145,7 +146,7 @@ def plan(config, run):
       jax.eval_shape(model.init, jax.random.key(0),
                      np.zeros((1, *run.spec.image_shape), np.float32))['params']))
   out = dict(dataset=config.dataset, train_examples=run.num_train, method=config.method,
-             oracle=bool(config.oracle.enabled) and config.method != 'scratch',
+             oracle=methods.uses_oracle(config),
              student=config.student.model, student_params=count(run.student),
              steps=run.total_steps, epochs=round(run.total_steps / run.steps_per_epoch, 3),
              global_batch=config.batch_size, devices=run.mesh.devices.size,
@@ -163,80 +164,203 @@ def train_and_evaluate(config, workdir, *, run=None, mesh=None):
   across seeds, as the offline default does; `mesh` defaults to all devices.
   """
   run, teacher_variables = prepare(config, run=run, mesh=mesh)
-  workdir = fileio.path(workdir)
-  with workdirs.exclusive(workdir):  # only now: bad input writes nothing
-    return _train_and_evaluate(config, workdir, run, teacher_variables)
+  return fit(SingleRun(run, config, teacher_variables), [Member(None, config, workdir)],
+             workdir)[0]
 
 
-def _train_and_evaluate(config, workdir, run, teacher_variables):
-  workdirs.prepare(config, workdir)
-  mesh = run.mesh
-  manager = checkpoints.TrainCheckpoints(workdir / 'checkpoints',
-                                         keep=config.keep_checkpoints)
-  state = parallel.replicate(run.init_state(config.seed), mesh)
-  state, meta = manager.restore_latest(state)
-  best_top1 = meta.get('best_top1', 0.0)
-  start = int(state.step)
-  train_step, eval_step = run.jitted(state)
-  writer = metrics_io.MetricWriter(workdir, start, tensorboard=config.tensorboard)
+@dataclasses.dataclass(frozen=True)
+class Member:
+  name: Any       # how a population's errors name the member, e.g. 'oracle_kd_seed3'; None alone
+  config: Any     # the member's whole config: the one its own run would use
+  workdir: Any    # its metrics, best/, teacher/ (scratch) and results.json
+
+
+class SingleRun:
+  """One run as the loop (`fit`) sees it: a population of one member. The interface a
+  population implements too: `config` (the schedule), `run`, `images_per_step`, and the
+  methods below; per-member values are lists in the members' order."""
+  resuming = 'Resuming from step %d in %s'  # the log line of a resumed run
+
+  def __init__(self, run, config, teacher_variables):
+    self.run, self.config, self.teacher_variables = run, config, teacher_variables
+    self.images_per_step = config.batch_size
+    self._key = jax.random.key(config.seed)
+
+  def initial_state(self):
+    return parallel.replicate(self.run.init_state(self.config.seed), self.run.mesh)
+
+  def start_step(self, state):
+    return int(state.step)
+
+  def train_batches(self, start):
+    it = data.train_iterator(self.run.spec, data_dir=self.run.data_dir,
+                             global_batch_size=self.config.batch_size, seed=self.config.seed,
+                             start_step=start, train_examples=self.config.train_examples)
+    return parallel.prefetch_to_devices(validation.first_checked(it, self.run.spec),
+                                        self.run.mesh)
+
+  def train_step(self, state, batch, step):
+    train_step, _ = self.run.jitted(state)
+    return train_step(state, self.teacher_variables, batch, jax.random.fold_in(self._key, step))
+
+  def evaluate(self, state):
+    _, eval_step = self.run.jitted(state)
+    return [evaluate(self.run, eval_step, state.variables())]
+
+  def member_metrics(self, metrics, index):
+    del index
+    return metrics
+
+  def member_variables(self, state):
+    return [jax.device_get(state.variables())]
+
+  def teacher_evaluations(self):
+    if self.run.teacher is None:
+      return [{}]
+    return [self.run.evaluate_teacher(self.teacher_variables)]
+
+
+def fit(program, members, directory):
+  """Trains `members` with `program` (`SingleRun` or `population.Population`), resuming
+  from the newest checkpoint in `directory/checkpoints`; writes each member's metrics,
+  best model and `results.json` in its workdir and returns their results, in order."""
+  directory = fileio.path(directory)
+  member_dirs = [fileio.path(m.workdir) for m in members]
+  with contextlib.ExitStack() as locks:  # only now: bad input writes nothing
+    for d in dict.fromkeys(str(d) for d in [directory, *member_dirs]):
+      locks.enter_context(workdirs.exclusive(fileio.path(d)))
+    for m, d in zip(members, member_dirs):
+      workdirs.prepare(m.config, d)
+    return _loop(program, members, member_dirs, directory)
+
+
+def _per_member(saved, size, default):
+  """A checkpoint's per-member value as a list (a single run's older checkpoints hold
+  the value itself)."""
+  if saved is None:
+    return [default] * size
+  return list(saved) if isinstance(saved, list) else [saved]
+
+
+def _loop(program, members, member_dirs, directory):
+  config, run = program.config, program.run
+  manager = checkpoints.TrainCheckpoints(directory / 'checkpoints', keep=config.keep_checkpoints)
+  state, meta = manager.restore_latest(program.initial_state())
+  start = program.start_step(state)
   if start:
-    logging.warning('Resuming from step %d in %s', start, workdir)
-
-  train_iter = data.train_iterator(run.spec, data_dir=run.data_dir,
-                                   global_batch_size=config.batch_size, seed=config.seed,
-                                   start_step=start, train_examples=config.train_examples)
-  train_batches = parallel.prefetch_to_devices(_first_checked(train_iter, run.spec), mesh)
+    logging.warning(program.resuming, start, directory)
+  size = len(members)
+  best_top1 = _per_member(meta.get('best_top1'), size, 0.0)
+  last_eval = _per_member(meta.get('last_eval'), size, {})
+  train_loss = _per_member(meta.get('train_loss'), size, float('nan'))
+  writers = [metrics_io.MetricWriter(d, start, tensorboard=config.tensorboard)
+             for d in member_dirs]
+  batches = program.train_batches(start)
   eval_every = int(round(config.eval_every_epochs * run.steps_per_epoch))
   pending = []  # device metrics not yet fetched: fetched at log/checkpoint time only
-  last_eval, train_loss = meta.get('last_eval', {}), meta.get('train_loss', float('nan'))
   preemption_notice = preemption.Notice(start)  # every process stops at the same step
-  progress = metrics_io.Progress(run.total_steps, start, config.batch_size, enabled=jax.process_index() == 0)
-  key = jax.random.key(config.seed)
+  progress = metrics_io.Progress(run.total_steps, start, program.images_per_step,
+                                 enabled=jax.process_index() == 0)
+  throughput = metrics_io.Throughput(writers, run.total_steps, program.images_per_step,
+                                     config.log_every_steps)
+  every = lambda step, period: step == run.total_steps or (period > 0 and step % period == 0)
+
+  def flush():  # a non-finite step raises here, before it is ever checkpointed
+    nonlocal pending, train_loss
+    train_loss = _write_train(program, members, writers, pending, manager.latest_step(),
+                              train_loss)
+    pending = []
+
   try:
     for step in range(start + 1, run.total_steps + 1):
-      batch = next(train_batches)
-      state, metrics = train_step(state, teacher_variables, batch, jax.random.fold_in(key, step))
+      state, metrics = program.train_step(state, next(batches), step)
       pending.append((step, metrics))
+      throughput(step)  # host time only: steps/s and img/s every log interval
       stop = preemption_notice.reached(step)
-      if _every(step, config.log_every_steps, run.total_steps) or stop:
-        train_loss = writer.write_train(pending, manager.latest_step()) or train_loss
-        pending = []
+      if every(step, config.log_every_steps) or stop:
+        flush()
         progress.update(step)
-      if _every(step, eval_every, run.total_steps):
-        last_eval = evaluate(run, eval_step, state.variables())
-        writer.write_eval(step, last_eval)
-        if last_eval['top1'] > best_top1:
-          best_top1 = last_eval['top1']
-          checkpoints.save_model(workdir / 'best', jax.device_get(state.variables()),
-                                 step=step, **_model_meta(config, run, top1=best_top1))
-      if _every(step, config.checkpoint_every_steps, run.total_steps) or stop:
-        # Check pending metrics first: a non-finite step must never be checkpointed.
-        train_loss = writer.write_train(pending, manager.latest_step()) or train_loss
-        pending = []
-        manager.save(step, state, dict(best_top1=best_top1, last_eval=last_eval,
-                                       train_loss=train_loss))
+      if every(step, eval_every):
+        last_eval = _evaluate(program, members, member_dirs, writers, state, step, best_top1)
+      if every(step, config.checkpoint_every_steps) or stop:
+        flush()
+        manager.save(step, state, dict(best_top1=list(best_top1), last_eval=list(last_eval),
+                                       train_loss=list(train_loss)))
       if stop:
         preemption.exit_saved(step)
   finally:  # on any exit, finish the saves in flight: the last good checkpoint survives
     preemption_notice.close()
     progress.close()
     manager.close()
-    writer.close()
-  if config.method == 'scratch':
-    checkpoints.save_model(workdir / 'teacher', jax.device_get(state.variables()),
-                           step=run.total_steps, **_model_meta(config, run, top1=last_eval.get('top1')))
-  teacher_eval = run.evaluate_teacher(teacher_variables) if run.teacher is not None else {}
-  oracle_on = bool(config.oracle.enabled) and config.method != 'scratch'
-  results = dict(final_top1=last_eval.get('top1'), final_top5=last_eval.get('top5'),
-                 best_top1=best_top1, final_train_loss=train_loss, steps=run.total_steps,
-                 method=config.method, oracle=oracle_on,
-                 gamma=float(config.oracle.gamma) if oracle_on else None, dataset=config.dataset, student=config.student.model, seed=config.seed,
-                 teacher_top1=teacher_eval.get('teacher_top1'),
-                 oracle_top1=teacher_eval.get('oracle_top1'),
-                 **versus_reference(config.get('reference_top1'), best_top1))
-  if jax.process_index() == 0:
-    fileio.write_json(workdir / 'results.json', results)
+    for writer in writers:
+      writer.close()
+  return _finish(program, members, member_dirs, state, best_top1, last_eval, train_loss)
+
+
+def _evaluate(program, members, member_dirs, writers, state, step, best_top1):
+  """Every member's evaluation, logged; a member that beats its `best_top1` (updated in
+  place) keeps this model in `best/`."""
+  results = program.evaluate(state)
+  variables = None  # fetched once, and only when some member improved
+  for i, (m, writer) in enumerate(zip(members, writers)):
+    writer.write_eval(step, results[i])
+    if results[i]['top1'] > best_top1[i]:
+      best_top1[i] = results[i]['top1']
+      variables = variables or program.member_variables(state)
+      checkpoints.save_model(member_dirs[i] / 'best', variables[i], step=step,
+                             **_model_meta(m.config, program.run, top1=best_top1[i]))
   return results
+
+
+def _write_train(program, members, writers, pending, last_good_step, train_loss):
+  """Each member's pending metrics to its own writer; returns each one's mean loss. A
+  non-finite member stops the run, named when it is a population's."""
+  if not pending:
+    return train_loss
+  values = jax.device_get(pending)
+  losses = list(train_loss)
+  for i, (m, writer) in enumerate(zip(members, writers)):
+    member = [(step, program.member_metrics(metrics, i)) for step, metrics in values]
+    try:
+      losses[i] = writer.write_train(member, last_good_step)
+    except metrics_io.NonFiniteLossError as e:
+      if m.name is None:
+        raise
+      raise metrics_io.NonFiniteLossError(f'Population member {m.name!r}: {e}') from None
+  return losses
+
+
+def _finish(program, members, member_dirs, state, best_top1, last_eval, train_loss):
+  """Each member's final model (a scratch run keeps its own as a teacher) and results."""
+  run = program.run
+  teacher_evals = program.teacher_evaluations()
+  variables = None
+  out = []
+  for i, (m, workdir) in enumerate(zip(members, member_dirs)):
+    c = m.config
+    if not methods.is_distilled(c):
+      variables = variables or program.member_variables(state)
+      checkpoints.save_model(workdir / 'teacher', variables[i], step=run.total_steps,
+                             **_model_meta(c, run, top1=last_eval[i].get('top1')))
+    results = results_record(c, run.total_steps, last_eval[i], best_top1[i], train_loss[i],
+                             teacher_evals[i])
+    if jax.process_index() == 0:
+      fileio.write_json(workdir / 'results.json', results)
+    out.append(results)
+  return out
+
+
+def results_record(config, total_steps, last_eval, best_top1, train_loss, teacher_eval):
+  """What `results.json` holds for one run."""
+  oracle_on = methods.uses_oracle(config)
+  return dict(final_top1=last_eval.get('top1'), final_top5=last_eval.get('top5'),
+              best_top1=best_top1, final_train_loss=train_loss, steps=total_steps,
+              method=config.method, oracle=oracle_on,
+              gamma=float(config.oracle.gamma) if oracle_on else None, dataset=config.dataset,
+              student=config.student.model, seed=config.seed,
+              teacher_top1=teacher_eval.get('teacher_top1'),
+              oracle_top1=teacher_eval.get('oracle_top1'),
+              **versus_reference(config.get('reference_top1'), best_top1))
 
 
 def versus_reference(reference_top1, best_top1):

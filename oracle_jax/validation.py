@@ -7,7 +7,6 @@ import re
 from oracle_jax import conv, data, methods, models, optim
 from oracle_jax.errors import ConfigError  # pylint: disable=unused-import  (callers catch it here)
 
-METHODS = ('scratch',) + methods.METHODS  # scratch: supervised, no teacher
 DTYPES = ('float32', 'bfloat16')
 SCHEDULES = ('step', 'cosine')
 
@@ -82,9 +81,10 @@ def check_ranges(config):
 
 def validate_config(config):
   spec = data.dataset_spec(config.dataset)  # unknown → ConfigError listing the known ones
-  _require(config.method in METHODS,
-           f'Unknown method {config.method!r}; choose one of {", ".join(METHODS)}.')
-  names = [config.student.model] + ([config.teacher.model] if config.method != 'scratch' else [])
+  _require(config.method in methods.CHOICES,
+           f'Unknown method {config.method!r}; choose one of {", ".join(methods.CHOICES)}.')
+  distilled = methods.is_distilled(config)
+  names = [config.student.model] + ([config.teacher.model] if distilled else [])
   for name in names:
     _require(name in models.NAMES, f'Unknown model {name!r}; choose one of: {", ".join(models.NAMES)}.')
   check_ranges(config)
@@ -96,13 +96,13 @@ def validate_config(config):
   _require(not (spec.streamed and config.train_examples),
            f'train_examples is not supported for {spec.name} (streamed); set it to 0.')
   _require(config.dtype in DTYPES, f'dtype must be one of {DTYPES}, got {config.dtype!r}.')
-  _require(config.conv_impl in conv.NAMES,
-           f'conv_impl must be one of {conv.NAMES}, got {config.conv_impl!r}.')
+  _require(config.conv_impl in conv.CONV_IMPLS,
+           f'conv_impl must be one of {conv.CONV_IMPLS}, got {config.conv_impl!r}.')
   _require(config.optimizer.name in optim.OPTIMIZERS,
            f'optimizer.name must be one of {optim.OPTIMIZERS}, got {config.optimizer.name!r}.')
   _require(config.schedule.name in SCHEDULES,
            f'schedule.name must be one of {SCHEDULES}, got {config.schedule.name!r}.')
-  _require(config.method == 'scratch' or config.teacher.checkpoint,
+  _require(not distilled or config.teacher.checkpoint,
            f'method={config.method!r} needs a teacher: set --config.teacher.checkpoint to a '
            'model checkpoint directory (e.g. WORKDIR/teacher of a method=scratch run) or a '
            '.pth file.')
@@ -121,3 +121,11 @@ def check_batch(batch, spec):
   bad = labels[(labels < 0) | (labels >= spec.num_classes)]
   _require(bad.size == 0, f'Label {bad[:1].tolist()} is outside [0, {spec.num_classes}) for '
            f'dataset {spec.name!r}; fix the labels or the dataset name.')
+
+
+def first_checked(host_batches, spec):
+  """`host_batches`, the first one checked (`check_batch`) before any step uses it."""
+  first = next(host_batches)
+  check_batch(first, spec)
+  yield first
+  yield from host_batches

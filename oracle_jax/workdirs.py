@@ -17,7 +17,7 @@ import uuid
 
 import jax
 
-from oracle_jax import errors, fileio
+from oracle_jax import errors, fileio, methods
 
 LOCK_NAME = 'run.lock'
 # Keys that may change between a run and its resumption without changing its results.
@@ -184,7 +184,7 @@ def _discard_run(config, workdir):
 
 def _teacher_read(config):
   """The path the run's teacher is read from (a run's workdir means its `teacher/`)."""
-  if config.method == 'scratch' or not config.teacher.checkpoint:
+  if not methods.is_distilled(config) or not config.teacher.checkpoint:
     return None
   teacher = fileio.path(config.teacher.checkpoint)
   return teacher / 'teacher' if (teacher / 'teacher').is_dir() else teacher

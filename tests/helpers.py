@@ -1,5 +1,6 @@
 """Shared helpers of the end-to-end tests: tiny configs on the digits, final parameters."""
 import copy
+import json
 import os
 import socket
 import sys
@@ -31,6 +32,14 @@ def tiny(config, data_dir, **overrides):
 def digits_config(data_dir, **overrides):
   c = default_config.get_config()
   return tiny(c, data_dir, **{'student.model': 'resnet8', **overrides})
+
+
+def metric_records(path):
+  """A metrics.jsonl's records, without the throughput (`perf/…`, timings: they differ
+  from run to run); records that held nothing else are dropped."""
+  records = [json.loads(line) for line in open(path).read().splitlines()]
+  records = [{k: v for k, v in r.items() if not k.startswith('perf/')} for r in records]
+  return [r for r in records if set(r) != {'step'}]
 
 
 def final_params(config, workdir, mesh=None):

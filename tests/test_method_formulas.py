@@ -3,6 +3,8 @@
 Each reference below is written from the paper/reference-code formula (cited in
 `oracle_jax/methods.py`), in float64, without calling the implementation.
 """
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -335,6 +337,37 @@ def test_get_reads_config_and_rejects_unknown_methods():
   assert all(methods.get(config(m)).needs_features for m in ('fitnet', 'at', 'sad'))
   with pytest.raises(ValueError, match='Unknown distillation method'):
     methods.get(config('crd'))
+
+
+def test_method_predicates():
+  assert methods.CHOICES == ('scratch', *methods.METHODS)
+  assert not methods.is_distilled('scratch')
+  assert all(methods.is_distilled(m) for m in methods.METHODS)
+  c = config('kd')
+  c.oracle = ml_collections.ConfigDict({'enabled': True})
+  assert methods.is_distilled(c) and methods.uses_oracle(c)
+  c.oracle.enabled = False
+  assert not methods.uses_oracle(c)
+  c.method, c.oracle.enabled = 'scratch', True
+  assert not methods.is_distilled(c) and not methods.uses_oracle(c)  # no teacher, no x*
+
+
+def test_get_reads_each_field_from_the_key_the_mapping_names():
+  """One mapping (field → config key) builds the distillers and names what population
+  members may choose: every field of every distiller is in it, read from its key."""
+  sad_structure = {'features', 'student_block_step', 'teacher_block_step'}
+  for method in methods.METHODS:
+    keys = {**methods.MEMBER_FIELDS[method], **methods.STATIC_FIELDS[method]}
+    fields = {f.name for f in dataclasses.fields(methods.DISTILLERS[method])} - sad_structure
+    assert set(keys) == fields, method
+    c = config(method)
+    for field, key in keys.items():
+      *parents, leaf = key.split('.')
+      node = c
+      for part in parents:
+        node = node[part]
+      node[leaf] = 'stage3' if isinstance(node[leaf], str) else node[leaf] + 1
+      assert getattr(methods.get(c), field) == node[leaf], (method, field)
 
 
 def test_every_method_on_the_models_features_dicts():

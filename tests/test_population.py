@@ -9,7 +9,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from helpers import assert_trees_close, digits_config
+from helpers import assert_trees_close, digits_config, metric_records
 
 from oracle_jax import checkpoints, metrics_io, parallel, population, sweep, train
 
@@ -101,11 +101,17 @@ def test_each_member_is_bit_identical_to_its_sequential_run(mixed, trained):
 def test_members_write_their_sequential_runs_metrics(trained):
   root, _, _ = trained
   for name in ('kd_seed0', 'oracle_kd_seed0', 'oracle_kd_seed1', 'scratch_seed1'):
-    pop_lines = (root / 'pop' / name / 'metrics.jsonl').read_text().splitlines()
-    seq_lines = (root / 'seq' / name / 'metrics.jsonl').read_text().splitlines()
-    assert [json.loads(line) for line in pop_lines] == [json.loads(line) for line in seq_lines]
-    assert len(pop_lines) >= STEPS // 2
+    pop_records = metric_records(root / 'pop' / name / 'metrics.jsonl')
+    assert pop_records == metric_records(root / 'seq' / name / 'metrics.jsonl')
+    assert len(pop_records) >= STEPS // 2
     assert (root / 'pop' / name / 'results.json').exists()
+    # The population's throughput, at each log step: 4 members × batch 16 images a step.
+    lines = (root / 'pop' / name / 'metrics.jsonl').read_text().splitlines()
+    perf = [r for r in map(json.loads, lines) if 'perf/steps_per_sec' in r]
+    assert [r['step'] for r in perf] == [2, 4]
+    for r in perf:
+      assert r['perf/steps_per_sec'] > 0
+      assert r['perf/img_per_sec'] == pytest.approx(r['perf/steps_per_sec'] * 4 * 16)
   assert (root / 'pop' / 'scratch_seed1' / 'teacher').is_dir()
 
 

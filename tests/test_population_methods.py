@@ -5,14 +5,13 @@ default weights), with it (seed 1, its own γ, weights, CE weight and learning r
 scratch member (seed 1) against each member run on its own. Tiny settings as
 tests/test_population.py, module-scoped results: each program compiles once.
 """
-import json
 import os
 import shutil
 
 import jax
 import numpy as np
 import pytest
-from helpers import digits_config
+from helpers import digits_config, metric_records
 
 from oracle_jax import checkpoints, errors, parallel, population, sweep, train
 
@@ -111,10 +110,9 @@ def test_each_member_is_bit_identical_to_its_sequential_run(trained, method):
     else:
       member, alone = saved(member), saved(alone)
     jax.tree.map(np.testing.assert_array_equal, member, alone)
-    pop_lines = (root / 'pop' / name / 'metrics.jsonl').read_text().splitlines()
-    seq_lines = (workdirs[name] / 'metrics.jsonl').read_text().splitlines()
-    assert [json.loads(line) for line in pop_lines] == [json.loads(line) for line in seq_lines]
-    assert len(pop_lines) >= STEPS // 2
+    pop_records = metric_records(root / 'pop' / name / 'metrics.jsonl')
+    assert pop_records == metric_records(workdirs[name] / 'metrics.jsonl')
+    assert len(pop_records) >= STEPS // 2
 
 
 def test_resume_restores_the_distiller_modules(trained, tmp_path):

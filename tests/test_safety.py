@@ -287,7 +287,7 @@ def test_offline_default_uses_the_given_teacher(digits_data_dir, digits_teacher_
     return {'x': numbers, 'x_star': numbers}
 
   monkeypatch.setattr(demo, 'teacher_statistics', teacher_statistics)
-  monkeypatch.setattr(demo, 'METHODS', ('oracle_kd',))  # one tiny student suffices here
+  monkeypatch.setattr(demo, 'VARIANTS', ('oracle_kd',))  # one tiny student suffices here
   config = digits_config(digits_data_dir, train_steps=2, **{
       'teacher.model': 'resnet8', 'teacher.checkpoint': digits_teacher_dir})
   rows, _ = demo.run(config, str(tmp_path / 'demo'), seeds=(0,))

@@ -44,6 +44,11 @@ def test_distillation_run(digits_data_dir, digits_teacher, tmp_path, oracle):
   lines = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   train_lines = [l for l in lines if 'train/loss' in l]
   assert [l['step'] for l in train_lines] == [2, 4, 6]
+  perf = [l for l in lines if 'perf/steps_per_sec' in l]  # clu's ReportProgress estimate
+  assert [l['step'] for l in perf] == [2, 4, 6]
+  for l in perf:
+    assert l['perf/steps_per_sec'] > 0
+    assert l['perf/img_per_sec'] == pytest.approx(l['perf/steps_per_sec'] * 16)  # batch 16
   assert ('train/oracle_accuracy' in train_lines[0]) == oracle
   assert 'eval/top1' in lines[-1]
   after, _ = checkpoints.load_model(teacher_dir)

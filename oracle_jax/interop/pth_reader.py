@@ -39,8 +39,7 @@ class MalformedCheckpointError(errors.UserError, ValueError):
   it would cost more to read than its size warrants."""
 
 
-class CheckpointNotFoundError(errors.UserError, FileNotFoundError):
-  """The .pth file does not exist."""
+CheckpointNotFoundError = errors.CheckpointNotFoundError  # the one class (errors.py)
 
 
 class _Refused(Exception):
