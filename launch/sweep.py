@@ -7,7 +7,7 @@
 
 Each run lives in WORKDIR/<method>_seed<seed> and resumes if interrupted (with
 --population=auto, the default, variants that can share one program train as one
-vmapped population, checkpointed in WORKDIR/populations/); the table
+population, checkpointed in WORKDIR/populations/); the table
 (last- and best-epoch top-1, mean ± std over seeds, paired difference from --baseline) is
 printed and written to WORKDIR/sweep.md and WORKDIR/sweep.csv.
 
@@ -37,7 +37,7 @@ flags.DEFINE_string('baseline', 'kd', 'Variant the paired differences are taken 
 flags.DEFINE_enum('population', 'auto', ['auto', 'off'],
                   'auto: variants that can share one program (one distillation method with '
                   'or without the oracle, plus scratch; same models, data and schedule) train '
-                  'as one vmapped population; off: one run after another. '
+                  'as one population (one program); off: one run after another. '
                   'The table is the same either way.')
 flags.DEFINE_bool('dry_run', False, 'Validate config, data, teacher and devices, print the '
                   'plan (sizes, and the runs each population holds), and exit.')

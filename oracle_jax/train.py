@@ -284,7 +284,8 @@ def _loop(program, members, member_dirs, directory):
         last_eval = _evaluate(program, members, member_dirs, writers, state, step, best_top1)
       if every(step, config.checkpoint_every_steps) or stop:
         flush()
-        manager.save(step, state, dict(best_top1=list(best_top1), last_eval=list(last_eval),
+        manager.save(step, state, dict(members=[m.name for m in members],
+                                       best_top1=list(best_top1), last_eval=list(last_eval),
                                        train_loss=list(train_loss)))
       if stop:
         preemption.exit_saved(step)

@@ -155,8 +155,10 @@ def test_population_member_and_errors(digits_teacher, digits_data_dir, tmp_path,
   sweep.run_grid(config, tmp_path / 'sweep', names, (0,))
   population, = (tmp_path / 'sweep' / 'populations').iterdir()
   with ocp.CheckpointManager(population / 'checkpoints') as manager:
-    stacked = manager.restore(2, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))['state']
+    restored = manager.restore(2, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  stacked = restored['state']
+  assert restored['meta']['members'] == [f'{name}_seed0' for name in names]  # rows by name
   rows = [torch_import.to_state_dict(jax.tree.map(lambda a, i=i: a[i], {
       k: stacked[k] for k in ('params', 'batch_stats')}), 2) for i in range(len(names))]
   assert not np.array_equal(rows[0]['fc.weight'], rows[1]['fc.weight'])

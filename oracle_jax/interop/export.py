@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import io
 import sys
-import types
 from typing import Any, Optional
 
 import jax
@@ -77,34 +76,19 @@ def _restore_latest(directory, what):
   return step, restored['state'], dict(restored['meta'] or {})
 
 
-def _figures(run_results):
-  return (run_results.get('final_top1'), run_results.get('best_top1'),
-          run_results.get('final_train_loss'))
-
-
 def _population_member(run_dir):
   """`(step, variables)` of a population member: its row of the stacked state of the
-  population (`WORKDIR/populations/*`) whose figures for that row are the member's and
-  whose name is the hash of the members so identified."""
-  from oracle_jax import sweep  # pylint: disable=g-import-not-at-top  (the grid's naming)
-  sweep_dir = run_dir.parent
-  runs = {name: fileio.read_json(sweep_dir / name / 'results.json', 'results of a run')
-          for name in _runs_in(sweep_dir) if (sweep_dir / name / 'results.json').is_file()}
-  populations = sweep_dir / 'populations'
+  population (`WORKDIR/populations/*`) whose checkpoint names it among its members."""
+  populations = run_dir.parent / 'populations'
   for directory in sorted(populations.iterdir()) if populations.is_dir() else []:
     step, state, meta = _restore_latest(directory / 'checkpoints', 'The population')
-    rows = list(zip(meta['last_eval'], meta['best_top1'], meta['train_loss']))
-    members = [[n for n, r in runs.items() if _figures(r) == (e.get('top1'), b, loss)]
-               for e, b, loss in rows]
-    if any(len(m) != 1 for m in members):
-      continue
-    names = [m[0] for m in members]
-    if run_dir.name in names and directory.name == sweep.population_name(
-        [types.SimpleNamespace(name=n) for n in names]):
-      i = names.index(run_dir.name)
+    if run_dir.name in meta.get('members', ()):
+      i = meta['members'].index(run_dir.name)
       return step, jax.tree.map(lambda a: a[i], {k: state[k] for k in ('params', 'batch_stats')})
   raise ExportError(f'Found no final model of run {str(run_dir)!r}: it has no checkpoints/ '
-                    f'and no population in {str(populations)!r} holds it.')
+                    f'and no population checkpoint in {str(populations)!r} names it (one '
+                    'written before populations recorded their members\' names cannot say '
+                    f'which row is this run; export its best model instead: {str(run_dir / "best")!r}).')
 
 
 def from_run(run_dir):
