@@ -23,7 +23,10 @@ LOCK_NAME = 'run.lock'
 # Keys that may change between a run and its resumption without changing its results.
 RESUMABLE_CHANGES = frozenset({'overwrite', 'log_every_steps', 'eval_batch_size', 'data_dir',
                                'checkpoint_every_steps', 'keep_checkpoints', 'tensorboard',
-                               'reference_top1', 'compilation_cache_dir'})
+                               'reference_top1', 'compilation_cache_dir',
+                               # gone from the configs (the offline default is launch/demo.py);
+                               # runs that older versions started with them still resume
+                               'demo', 'demo_seeds', 'demo_teacher_steps'})
 # What a run writes into its workdir, deleted when `overwrite` discards an older run.
 RUN_OUTPUTS = ('checkpoints', 'best', 'teacher', 'tensorboard', 'metrics.jsonl',
                'results.json')

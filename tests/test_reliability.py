@@ -125,9 +125,7 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(digits_data_dir, digits_
   for i, (overrides, message) in enumerate(cases):
     workdir = tmp_path / f'run{i}'
     config = digits_config(digits_data_dir, **{'method': 'scratch', **overrides})
-    # The .pth reader's own errors are not UserErrors yet (issue 14, items 1-2).
-    expected = ValueError if 'notes.pth' in str(overrides) else errors.UserError
-    with pytest.raises(expected, match=message):
+    with pytest.raises(errors.UserError, match=message):
       train.train_and_evaluate(config, str(workdir))
     assert not workdir.exists(), overrides
   with pytest.raises(validation.ConfigError, match=r'is not writable .*pass a --workdir'):

@@ -250,6 +250,21 @@ def test_unreadable_config_json_names_the_file(digits_data_dir, tmp_path):
       workdirs.prepare(config, tmp_path)
 
 
+def test_workdir_of_an_older_version_resumes(digits_data_dir, tmp_path):
+  """config.json of a run started when configs held the offline default's keys."""
+  config = digits_config(digits_data_dir, method='scratch')
+  with workdirs.exclusive(tmp_path):
+    workdirs.prepare(config, tmp_path)
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  (tmp_path / 'config.json').write_text(json.dumps(
+      {**saved, 'demo': False, 'demo_seeds': '0,1,2,3,4', 'demo_teacher_steps': 400}))
+  (tmp_path / 'metrics.jsonl').write_text('{}\n')  # an output overwrite would delete
+  with workdirs.exclusive(tmp_path):
+    workdirs.prepare(config, tmp_path)
+  assert json.loads((tmp_path / 'config.json').read_text()) == saved
+  assert (tmp_path / 'metrics.jsonl').exists()
+
+
 def _zero_variables(name, num_classes=100):
   shapes = jax.eval_shape(models.create(name, num_classes).init, jax.random.key(0),
                           np.zeros((1, 32, 32, 3), np.float32))
