@@ -13,10 +13,12 @@ import shlex
 import subprocess
 import sys
 
+import jax
 import ml_collections
+import numpy as np
 import pytest
 
-from oracle_jax import data, sweep, validation
+from oracle_jax import data, models, sweep, validation
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PAGES = [REPO / 'README.md', *sorted((REPO / 'docs').glob('*.md'))]
@@ -81,3 +83,18 @@ def test_documented_commands_parse(script):
       configs = [c for _, _, c in sweep.grid(config, names, sweep_flags['seeds'])]
     for c in configs:
       validation.validate_config(c)
+
+
+def test_readme_python_block_runs():
+  """'The oracle in your own code', as written, on a random resnet56 and two images."""
+  block, = re.findall(r'```python\n(.*?)\n```', (REPO / 'README.md').read_text(), re.S)
+  model = models.create('resnet56', 100)
+  x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  scope = {'variables': model.init(jax.random.key(0), x), 'x': x,
+           'labels': np.array([3, 7])}
+  exec(block, scope)  # pylint: disable=exec-used  (the README's own code)
+  x_star = scope['x_star']  # the second form's
+  assert x_star.shape == x.shape and x_star.dtype == x.dtype
+  assert 0 < np.abs(np.asarray(x_star) - x).max() < 1
+  jitted = scope['reinforce'](scope['variables'], x, scope['labels'])  # the first form's
+  np.testing.assert_allclose(jitted, x_star, rtol=1e-4, atol=1e-5)
