@@ -17,7 +17,6 @@ import io
 import os
 import pathlib
 import pickle
-import pickletools
 import resource
 import signal
 import struct
@@ -32,6 +31,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1]))
+import pth_hostile  # pylint: disable=g-import-not-at-top,wrong-import-position
 from oracle_jax import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
 from oracle_jax.interop import pth_reader, torch_import  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -56,22 +56,12 @@ def rezip(records):
   return buf.getvalue()
 
 
-def legacy_split(data):
-  """(header: three pickles, main pickle, tail) of a legacy file."""
-  stream = io.BytesIO(data)
-  ends = []
-  for _ in range(4):
-    list(pickletools.genops(stream))
-    ends.append(stream.tell())
-  return data[:ends[2]], data[ends[2]:ends[3]], data[ends[3]:]
-
-
 def with_pickle(data, change):
   """`data` with its main pickle replaced by `change(pickle)`, its container kept valid."""
   if data.startswith(b'PK'):
     records = [(n, change(c) if n.endswith('/data.pkl') else c) for n, c in unzip(data)]
     return rezip(records)
-  header, main, tail = legacy_split(data)
+  header, main, tail = pth_hostile.legacy_split(data)
   return header + change(main) + tail
 
 

@@ -8,10 +8,10 @@ e.g. the code before the budget).
 """
 import io
 import pickle
+import pickletools
 import struct
 import zipfile
 
-import numpy as np
 
 # ----------------------------------------------------------------------------- pickle assembly
 
@@ -39,6 +39,16 @@ def put(index):
 
 def get(index):
   return b'j' + index.to_bytes(4, 'little')  # LONG_BINGET
+
+
+def legacy_split(data):
+  """(header: three pickles, main pickle, tail) of a legacy file."""
+  stream = io.BytesIO(data)
+  ends = []
+  for _ in range(4):
+    list(pickletools.genops(stream))
+    ends.append(stream.tell())
+  return data[:ends[2]], data[ends[2]:ends[3]], data[ends[3]:]
 
 
 def program(body):

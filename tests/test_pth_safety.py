@@ -5,10 +5,8 @@ layouts), so each case is exactly the bytes it names. Every payload would create
 file if it ran (`test_payloads_are_live` shows that with plain `pickle.loads`); the reader
 must refuse it naming the global, and the marker must never appear.
 """
-import io
 import os
 import pickle
-import pickletools
 import struct
 import subprocess
 import sys
@@ -20,6 +18,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import REFERENCE_DIR
+from pth_hostile import call, g, legacy_split, v
 
 from oracle_jax import models
 from oracle_jax.interop import pth_reader, torch_import
@@ -30,24 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
-# ----------------------------------------------------------------------------- a pickle assembler
-
-def v(obj):
-  """Opcodes pushing the plain value `obj` (no PROTO, STOP or memo)."""
-  buf = io.BytesIO()
-  pickler = pickle.Pickler(buf, protocol=2)
-  pickler.fast = True
-  pickler.dump(obj)
-  return buf.getvalue()[2:-1]
-
-
-def g(module, name):
-  return f'c{module}\n{name}\n'.encode()
-
-
-def call(func, *args):
-  return func + b'(' + b''.join(args) + b'tR'
-
+# ----------------------------------------------------------------------------- a pickle assembler (its opcodes: pth_hostile)
 
 def dict_of(items):
   return b'}(' + b''.join(v(k) + value for k, value in items.items()) + b'u'
@@ -129,16 +111,6 @@ def state_dict_body(state_dict, legacy=False):
                          storage_type=storage_type)
     storages[str(i)] = array
   return dict_of(items), storages
-
-
-def legacy_parts(data):
-  """(header, main pickle, tail) of a legacy file, split where its pickles end."""
-  stream = io.BytesIO(data)
-  ends = []
-  for _ in range(4):
-    list(pickletools.genops(stream))
-    ends.append(stream.tell())
-  return data[:ends[2]], data[ends[2]:ends[3]], data[ends[3]:]
 
 
 def touched(marker):
@@ -253,7 +225,7 @@ def test_payload_beside_a_genuine_zip_checkpoint(source, key, payload_first, tmp
 
 def test_payload_beside_a_genuine_legacy_checkpoint(torch_legacy_files, tmp_path, count_views):
   marker = tmp_path / 'ran'
-  header, main, tail = legacy_parts(torch_legacy_files['state_dict'].read_bytes())
+  header, main, tail = legacy_split(torch_legacy_files['state_dict'].read_bytes())
   evil = program(dict_of({'state_dict': body_of(main),
                           'extra': payloads(marker)['posix.system']}))
   path = tmp_path / 'nested_legacy.pth'
