@@ -84,7 +84,7 @@ def base_config():
 
 
 def distill_config():
-  """`config.distill`: the baselines' hyper-parameters (sources: oracle_jax/methods.py).
+  """`config.distill`: the baselines' hyper-parameters (sources: docs/recipes.md).
 
   KD itself reads the top-level `config.alpha` and `config.temperature`; SAD's KD term
   reads `config.temperature` too (both 4, the official oracle and SAD defaults).
