@@ -27,7 +27,6 @@ class TeacherCheckpointError(errors.UserError, ValueError):
   """A teacher checkpoint that does not fit the configured teacher."""
 
 
-CheckpointNotFoundError = errors.CheckpointNotFoundError  # one class for every reader
 
 
 class CheckpointReadError(errors.UserError, OSError):
@@ -78,7 +77,7 @@ def load_model(directory):
   """Returns `(variables, meta)` of the newest step of a model checkpoint directory."""
   directory = fileio.path(directory)
   if not directory.is_dir():
-    raise CheckpointNotFoundError(
+    raise errors.CheckpointNotFoundError(
         f'Model checkpoint directory {str(directory)!r} does not exist.')
   with ocp.CheckpointManager(directory) as manager:
     step = manager.latest_step()

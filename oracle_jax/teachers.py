@@ -10,7 +10,7 @@ before any work is done.
 import jax
 import numpy as np
 
-from oracle_jax import checkpoints, fileio, models
+from oracle_jax import checkpoints, errors, fileio, models
 from oracle_jax.interop import torch_import, zoo
 
 _NO_CHECKPOINT = ('teacher.checkpoint is empty: set it to a model checkpoint directory (e.g. '
@@ -52,7 +52,7 @@ def read(source: str, model_name: str, num_classes: int, in_channels: int = 3,
                                              else path)
     _check_meta(meta, model_name, num_classes, what)
   else:
-    raise checkpoints.CheckpointNotFoundError(f'{what} does not exist. {_NOT_FOUND}')
+    raise errors.CheckpointNotFoundError(f'{what} does not exist. {_NOT_FOUND}')
   check_variables(variables, models.abstract_variables(
       model_name, num_classes, in_channels, **architecture), what)
   return variables

@@ -20,7 +20,7 @@ import pytest
 from conftest import REFERENCE_DIR
 from pth_hostile import call, g, legacy_split, v
 
-from oracle_jax import models
+from oracle_jax import errors, models
 from oracle_jax.interop import pth_reader, torch_import
 
 GENUINE_STATE_DICT = REFERENCE_DIR / 'torch' / 'cifar100_resnet20_state_dict.pth'
@@ -554,9 +554,9 @@ def test_malformed_legacy(tmp_path):
 
 
 def test_missing_file_and_not_a_checkpoint(tmp_path):
-  with pytest.raises(pth_reader.CheckpointNotFoundError, match='does not exist'):
+  with pytest.raises(errors.CheckpointNotFoundError, match='does not exist'):
     torch_import.read_state_dict(str(tmp_path / 'absent.pth'))
-  with pytest.raises(pth_reader.CheckpointNotFoundError, match='or is not a file'):
+  with pytest.raises(errors.CheckpointNotFoundError, match='or is not a file'):
     torch_import.read_state_dict(str(tmp_path))
   (tmp_path / 'text.pth').write_text('hello')
   with pytest.raises(pth_reader.MalformedCheckpointError, match='is not a PyTorch checkpoint'):

@@ -66,7 +66,7 @@ def test_bugs_keep_their_traceback(digits_data_dir, tmp_path, monkeypatch):
 
 def test_every_user_error_class_is_a_user_error():
   for cls in (validation.ConfigError, checkpoints.CheckpointSaveError,
-              checkpoints.TeacherCheckpointError, checkpoints.CheckpointNotFoundError,
+              checkpoints.TeacherCheckpointError, errors.CheckpointNotFoundError,
               checkpoints.CheckpointReadError, checkpoints.UnreadableCheckpointsError,
               data.DatasetNotFoundError, metrics_io.NonFiniteLossError,
               torch_import.CheckpointMismatchError, fileio.UnreadableFileError,
@@ -311,6 +311,6 @@ def test_offline_default_uses_the_given_teacher(digits_data_dir, digits_teacher_
   student = json.loads((tmp_path / 'demo' / 'oracle_kd_seed0' / 'config.json').read_text())
   assert student['teacher']['checkpoint'] == digits_teacher_dir
   config.teacher.checkpoint = str(tmp_path / 'absent')
-  with pytest.raises(checkpoints.CheckpointNotFoundError, match='absent.* does not exist'):
+  with pytest.raises(errors.CheckpointNotFoundError, match='absent.* does not exist'):
     demo.run(config, str(tmp_path / 'bad'), seeds=(0,))
   assert not (tmp_path / 'bad').exists()

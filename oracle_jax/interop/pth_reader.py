@@ -39,7 +39,6 @@ class MalformedCheckpointError(errors.UserError, ValueError):
   it would cost more to read than its size warrants."""
 
 
-CheckpointNotFoundError = errors.CheckpointNotFoundError  # the one class (errors.py)
 
 
 class _Refused(Exception):
@@ -865,7 +864,7 @@ def read(path, budget: Budget | None = None):
   """
   file = fileio.path(path)
   if not file.is_file():
-    raise CheckpointNotFoundError(f'PyTorch checkpoint {str(file)!r} does not exist (or is '
+    raise errors.CheckpointNotFoundError(f'PyTorch checkpoint {str(file)!r} does not exist (or is '
                                   'not a file).')
   budget = budget if budget is not None else Budget()
   try:

@@ -15,7 +15,7 @@ import struct
 import ml_dtypes
 import numpy as np
 
-from oracle_jax import fileio
+from oracle_jax import errors, fileio
 from oracle_jax.interop import pth_reader
 
 SUFFIX = '.safetensors'
@@ -131,7 +131,7 @@ def read(path):
   """The tensors (name → numpy array) and `__metadata__` of the file at `path`."""
   source = fileio.path(path)
   if not source.is_file():
-    raise pth_reader.CheckpointNotFoundError(f'{path} does not exist (or is not a file).')
+    raise errors.CheckpointNotFoundError(f'{path} does not exist (or is not a file).')
   try:
     return parse(source.read_bytes())
   except _Bad as e:
