@@ -250,7 +250,7 @@ class Variant:
     text, flops, self.all_reduces = hlo_stats(compiled)
     if args.dump_hlo:
       os.makedirs(args.dump_hlo, exist_ok=True)
-      tag = 'xlaopts' if options else ''
+      tag = 'xlaopts' if self.options else ''
       path = os.path.join(args.dump_hlo, f'{kind}_{conv_name}_{args.teacher}_{args.student}_'
                           f'b{args.batch}_d{setup.num_devices}{tag and "_" + tag}.hlo.txt')
       with open(path, 'w') as f:

@@ -18,7 +18,7 @@ import torch_models
 from conftest import REFERENCE_DIR
 from helpers import REPO, digits_config
 
-from oracle_jax import checkpoints, data, fileio, models, sweep
+from oracle_jax import checkpoints, data, models, sweep
 from oracle_jax.interop import export, safetensors_reader, torch_import
 
 TEST_CHECKPOINTS = [  # (file, model, classes)
