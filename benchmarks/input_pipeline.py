@@ -1,6 +1,6 @@
 """Per-host throughput of the streamed ImageNet input pipeline (issue 15, item 5).
 
-Times `oracle_jax.data.imagenet`'s own iterators on fake ImageNet (JPEGs of ImageNet's
+Times `oracle_jax.data.streamed`'s own iterators on fake ImageNet (JPEGs of ImageNet's
 typical sizes, prepared by TFDS's imagenet2012 builder; see `oracle_jax.data.fake_imagenet`)
 and prints one JSON line per kind:
 

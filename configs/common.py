@@ -14,6 +14,15 @@ def base_config():
   c.dataset = 'cifar100'
   c.data_dir = ''             # '' = TFDS's default (TFDS_DATA_DIR or ~/tensorflow_datasets)
   c.train_examples = 0        # > 0: train on a fixed class-stratified subset of this size
+  # Dataset overrides ('folder:DIR' datasets: docs/data.md). () / '' = the dataset's own:
+  # a folder's images' own size, statistics computed from its train split, its first of
+  # test/ val/ validation/, crop_flip up to 64 px and random_resized_crop above.
+  c.image_size = ()           # (H, W) every image is resized to (folders only)
+  c.data_mean = ()            # per channel, in [0, 1] units: x = (u8 / 255 - mean) / std
+  c.data_std = ()
+  c.eval_split = ''
+  c.augment = ''              # 'crop_flip' | 'random_resized_crop' (streamed) | 'none'
+  c.in_memory_gb = 4.0        # a folder dataset decoded above this is streamed from its files
   # 'scratch' (supervised; trains teachers) | 'kd' | 'fitnet' | 'at' | 'dkd' | 'sad'.
   # oracle.enabled applies to every distiller: all teacher signals come from x*.
   c.method = 'kd'
@@ -26,6 +35,10 @@ def base_config():
   c.student = ml_collections.ConfigDict()
   c.student.model = 'resnet20'
   c.student.small_stem = False
+  # Fine-tuning: the trained network (the student, or a scratch run's model) starts from
+  # this checkpoint (orbax model dir, a run's workdir, .pth, .safetensors or zoo:NAME);
+  # a classifier of another class count starts fresh; a resumed run ignores it. '' = off.
+  c.init_checkpoint = ''
 
   c.oracle = ml_collections.ConfigDict()
   c.oracle.enabled = True

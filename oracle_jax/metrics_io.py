@@ -1,11 +1,12 @@
-"""Metrics out: `metrics.jsonl`, TensorBoard (clu) and a progress line on stderr.
+"""Metrics out: `metrics.jsonl`, TensorBoard (clu) and progress bars on stderr.
 
 Only process 0 writes. Device metrics are fetched in one transfer per log interval;
 throughput (`perf/steps_per_sec`, `perf/img_per_sec`) is clu's `ReportProgress` estimate.
+`progress_bar` is every long command's bar (training, evaluations, the teacher analysis,
+export): the one place that decides where and on which process progress is shown.
 """
 import json
 import sys
-import time
 
 import jax
 import numpy as np
@@ -114,20 +115,43 @@ class Throughput:
                                     'perf/img_per_sec': rate * self._images_per_step})
 
 
-class Progress:
-  """A tqdm bar with images/s and ETA, updated at log intervals (no per-step host sync)."""
+def progress_bar(total, unit, *, desc=None, initial=0, leave=True):
+  """A tqdm bar of `total` `unit`s (their rate and ETA) on stderr, shown on process 0 only:
+  every process runs the same loop, one reports it. tqdm redraws at most once a second,
+  so updating it at every step or batch costs the loop nothing."""
+  return tqdm.tqdm(total=total, initial=initial, unit=unit, desc=desc, leave=leave,
+                   file=sys.stderr, dynamic_ncols=True, mininterval=1.0,
+                   disable=jax.process_index() != 0)
 
-  def __init__(self, total, start, batch_size, enabled=True):
-    self._bar = tqdm.tqdm(total=total, initial=start, unit='step', file=sys.stderr,
-                          disable=not enabled, dynamic_ncols=True, mininterval=1.0)
-    self._batch, self._last, self._time = batch_size, start, time.time()
+
+def counted(batches, num_examples, global_batch_size, *, desc, leave=False):
+  """Yields `batches` while a bar counts their examples: each batch as done when the next
+  is asked for. Every global batch holds `global_batch_size` examples but the padded last
+  ones, so the bar ends at `num_examples` exactly (None: a count without total or ETA)."""
+  done = 0
+  with progress_bar(num_examples, 'img', desc=desc, leave=leave) as bar:
+    for batch in batches:
+      yield batch
+      n = global_batch_size if num_examples is None else min(global_batch_size,
+                                                             num_examples - done)
+      bar.update(n)
+      done += n
+
+
+class Progress:
+  """The training bar: steps (counted as they are dispatched, no device sync) with
+  images/s and ETA. Call `update(step)` after every step."""
+
+  def __init__(self, total, start, images_per_step):
+    self._bar = progress_bar(total, 'step', desc='train', initial=start)
+    self._images_per_step, self._last = images_per_step, start
 
   def update(self, step):
-    now = time.time()
-    rate = (step - self._last) * self._batch / max(now - self._time, 1e-9)
-    self._bar.set_postfix_str(f'{rate:,.0f} img/s')
-    self._bar.update(step - self._last)
-    self._last, self._time = step, now
+    if self._bar.update(step - self._last):  # just redrawn: the rate for the next redraw
+      rate = self._bar.format_dict['rate']
+      if rate:
+        self._bar.set_postfix_str(f'{rate * self._images_per_step:,.0f} img/s', refresh=False)
+    self._last = step
 
   def close(self):
     self._bar.close()

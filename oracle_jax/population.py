@@ -22,8 +22,8 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from oracle_jax import conv, data, errors, methods, models, optim, oracle, parallel, patch_conv
-from oracle_jax import steps, train, validation
+from oracle_jax import conv, data, errors, methods, metrics_io, models, optim, oracle, parallel
+from oracle_jax import patch_conv, steps, train, validation
 
 # Settings a member may choose freely; every other config key must agree across members
 # (`check_members` also requires one distilled method).
@@ -56,7 +56,7 @@ def supported(config):
   (each process reads every member's whole batches: `data.train_iterator`'s
   `whole_batches`; a streamed dataset's stream is per process)."""
   return (config.method in methods.CHOICES and config.grad_accum_steps == 1
-          and (jax.process_count() == 1 or not data.dataset_spec(config.dataset).streamed))
+          and (jax.process_count() == 1 or not data.spec_for(config).streamed))
 
 
 def distilled_method(configs):
@@ -382,7 +382,7 @@ class Population:
     devices = list(mesh.devices.flat) if mesh is not None else jax.devices()
     # The teacher, data and schedule come from a distilled member's config when one exists.
     self.config = config = next((c for c in configs if methods.is_distilled(c)), configs[0])
-    spec = data.dataset_spec(config.dataset)
+    spec = data.spec_for(config)
     self.run, self._data_teacher = train.prepare(config, run=train.Run(
         config, parallel.make_mesh(devices), conv_impl=member_conv(config, spec, len(devices))))
     self.mesh = make_mesh(len(members), devices)
@@ -408,9 +408,12 @@ class Population:
                                     model=run.student, spec=run.spec)
     return train_step, eval_step
 
-  def initial_state(self):
-    return put(stack([self.run.init_state(m.config.seed) for m in self.members]),
-               member_sharding(self.mesh))
+  def initial_state(self, resuming=False):
+    """Each member's state from its seed (and, unless `resuming`, from the members' shared
+    `init_checkpoint`: one read, every member's fresh classifier its own seed's)."""
+    init_checkpoint = '' if resuming else self.config.init_checkpoint
+    return put(stack([self.run.init_state(m.config.seed, init_checkpoint)
+                      for m in self.members]), member_sharding(self.mesh))
 
   def start_step(self, state):
     return int(fetch(state.step)[0])
@@ -432,13 +435,13 @@ class Population:
 
   def evaluate(self, state):
     """Per-member rates over the eval split (as `train.evaluate`, with a member axis)."""
-    run = self.run
-    batches = data.eval_iterator(run.spec, data_dir=run.data_dir,
-                                 global_batch_size=self.config.eval_batch_size,
-                                 whole_batches=True)
+    run, split, batch_size = self.run, self.run.spec.eval_split, self.config.eval_batch_size
+    batches = data.eval_iterator(run.spec, data_dir=run.data_dir, global_batch_size=batch_size,
+                                 split=split, whole_batches=True)
     sharding = NamedSharding(self.mesh, P('data'))
     totals = None
-    for batch in batches:
+    for batch in metrics_io.counted(batches, data.num_examples(run.spec, run.data_dir, split),
+                                    batch_size, desc='eval'):
       sums = self._eval_step(state.variables(), put(batch, sharding))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)

@@ -187,6 +187,14 @@ def summarize(results, baseline):
   return rows
 
 
+def caption(results):
+  """One line naming the data of a sweep's runs (a folder dataset's classes too)."""
+  first = next(iter(results.values()))[0]
+  names = first.get('class_names')
+  return f'Dataset {first["dataset"]}' + (
+      f', {len(names)} classes: {", ".join(names)}.' if names else '.')
+
+
 def markdown(rows, baseline):
   """The table; with a published figure (config.reference_top1), two more columns: it and
   our mean best top-1 minus it."""

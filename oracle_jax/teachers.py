@@ -5,7 +5,8 @@
 `torch_import`) or a zoo teacher
 `zoo:NAME` (`zoo.resolve`: fetched once into an orbax directory). Whichever it is, the
 weights are checked against the configured architecture and the dataset's class count
-before any work is done.
+before any work is done. `read_model` is the one reader of these sources, which
+fine-tuning (`finetune`, `config.init_checkpoint`) shares.
 """
 import jax
 import numpy as np
@@ -33,29 +34,40 @@ def load_variables(config, spec, *, checkpoint=None):
   """The configured teacher's variables (host numpy) from `checkpoint` (default
   `config.teacher.checkpoint`), checked against its architecture and `spec`."""
   source = config.teacher.checkpoint if checkpoint is None else checkpoint
-  return read(zoo.resolve(source), config.teacher.model, spec.num_classes,
-              spec.image_shape[-1], **models.architecture(config.teacher))
+  return read(source, config.teacher.model, spec.num_classes, spec.image_shape[-1],
+              **models.architecture(config.teacher))
 
 
 def read(source: str, model_name: str, num_classes: int, in_channels: int = 3,
          **architecture):
-  """Teacher variables from a model checkpoint directory, a run's workdir or a `.pth` or
-  `.safetensors` file, checked against model `model_name` with `num_classes` classes."""
+  """Teacher variables from a model checkpoint directory, a run's workdir, a `.pth` or
+  `.safetensors` file or `zoo:NAME`, checked against model `model_name` with
+  `num_classes` classes."""
   if not source:
     raise checkpoints.TeacherCheckpointError(_NO_CHECKPOINT)
-  path, what = fileio.path(source), f'Teacher checkpoint {source!r}'
-  if path.is_file():
-    variables = jax.tree.map(np.asarray, torch_import.load(str(path), model_name, num_classes,
-                                                           **architecture))
-  elif path.exists():
-    variables, meta = checkpoints.load_model(path / 'teacher' if (path / 'teacher').is_dir()
-                                             else path)
-    _check_meta(meta, model_name, num_classes, what)
-  else:
-    raise errors.CheckpointNotFoundError(f'{what} does not exist. {_NOT_FOUND}')
+  what = f'Teacher checkpoint {source!r}'
+  variables, meta = read_model(source, model_name, num_classes, what=what,
+                               not_found=_NOT_FOUND, **architecture)
+  _check_meta(meta, model_name, num_classes, what)
   check_variables(variables, models.abstract_variables(
       model_name, num_classes, in_channels, **architecture), what)
   return variables
+
+
+def read_model(source: str, model_name: str, num_classes=None, *, what: str, not_found: str,
+               **architecture):
+  """`(variables, meta)` of the model checkpoint `source` names, unchecked: an orbax model
+  checkpoint directory or a run's workdir (its `teacher/`) with the meta it records, a
+  `.pth` or `.safetensors` file converted to `model_name` with `num_classes` classes (None:
+  the file's own) and meta {}, or `zoo:NAME` (fetched once). A missing `source` raises
+  CheckpointNotFoundError: `what` does not exist, then `not_found` (the fix)."""
+  path = fileio.path(zoo.resolve(source))
+  if path.is_file():
+    return jax.tree.map(np.asarray, torch_import.load(str(path), model_name, num_classes,
+                                                      **architecture)), {}
+  if path.exists():
+    return checkpoints.load_model(path / 'teacher' if (path / 'teacher').is_dir() else path)
+  raise errors.CheckpointNotFoundError(f'{what} does not exist. {not_found}')
 
 
 def _check_meta(meta, model_name, num_classes, what):

@@ -1,9 +1,10 @@
 """The training loop: data → sharded step → metrics, evaluation, checkpoints, results.
 
 `train_and_evaluate(config, workdir)` trains the configured student (or, with
-`method='scratch'`, a supervised model — how teachers are trained), resumes from the
-newest good checkpoint in `workdir`, saves on SIGTERM, and writes `results.json`; a
-scratch run also keeps its final model in `workdir/teacher`. `fit` is the loop itself,
+`method='scratch'`, a supervised model — how teachers are trained), from random weights
+or `config.init_checkpoint`'s (`finetune`), resumes from the newest good checkpoint in
+`workdir` (never reading `init_checkpoint` then), saves on SIGTERM, and writes
+`results.json`; a scratch run also keeps its final model in `workdir/teacher`. `fit` is the loop itself,
 written over a list of members: a single run is a population of one (`SingleRun`), a
 population (`population.Population`) brings its own step, batches and evaluation.
 """
@@ -17,8 +18,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from oracle_jax import checkpoints, conv, data, fileio, methods, metrics_io, models, steps
-from oracle_jax import optim, oracle, parallel, preemption, teachers, validation, workdirs
+from oracle_jax import checkpoints, conv, data, fileio, finetune, methods, metrics_io, models
+from oracle_jax import optim, oracle, parallel, preemption, steps, teachers, validation
+from oracle_jax import workdirs
 
 
 def model_kwargs(model_config, dtype, conv_impl=None):
@@ -36,11 +38,14 @@ class Run:
     training split's size where known without reading the data (benchmarks on synthetic
     batches); by default counted from the dataset."""
     self.config, self.mesh = config, mesh
-    self.spec = data.dataset_spec(config.dataset)
+    self.spec = data.spec_for(config)
     self.data_dir = config.data_dir or None
     num_train = num_train or data.num_examples(self.spec, self.data_dir, 'train')
-    if config.train_examples:
-      num_train = min(num_train, config.train_examples)
+    if config.train_examples > num_train:
+      raise validation.ConfigError(
+          f'train_examples={config.train_examples} is more than the {num_train} training '
+          f'examples of {config.dataset}; set it to at most {num_train} (0 = all).')
+    num_train = config.train_examples or num_train
     self.num_train = num_train
     self.steps_per_epoch = num_train / config.batch_size
     self.total_steps = config.train_steps or math.ceil(config.num_epochs * self.steps_per_epoch)
@@ -60,7 +65,9 @@ class Run:
                                    **options_of(config.teacher))
       self.distiller = methods.get(config)
 
-  def init_state(self, seed):
+  def init_state(self, seed, init_checkpoint=''):
+    """The train state of `seed`'s initialisation; with `init_checkpoint`, the student's
+    weights taken from that checkpoint (`finetune`), the optimizer's state fresh."""
     x = np.zeros((1, *self.spec.image_shape), np.float32)
     student_key, distiller_key = jax.random.split(jax.random.key(seed))
     if not hasattr(self, '_init'):  # compiled once per Run: seeds and population members share it
@@ -68,6 +75,8 @@ class Run:
       self._init = jax.jit(self.student.init,  # pylint: disable=attribute-defined-outside-init
                            compiler_options=self.compiler_options or None)
     variables = self._init(student_key, x)
+    if init_checkpoint:
+      variables = finetune.start_from(variables, self.start_variables(init_checkpoint))
     distiller_params = {}
     if self.distiller is not None and self.distiller.needs_features:
       feats = lambda model, v: jax.eval_shape(
@@ -76,6 +85,16 @@ class Run:
       distiller_params = self.distiller.init_modules(
           distiller_key, feats(self.student, variables), feats(self.teacher, teacher_shapes))
     return steps.TrainState.create(variables, self.tx, distiller_params)
+
+  def start_variables(self, init_checkpoint):
+    """The student's variables from `init_checkpoint` (`finetune.read`), read once per Run:
+    its seeds and population members share them."""
+    if not hasattr(self, '_start_variables'):
+      self._start_variables = {}  # pylint: disable=attribute-defined-outside-init
+    if init_checkpoint not in self._start_variables:
+      self._start_variables[init_checkpoint] = finetune.read(init_checkpoint,
+                                                             self.config.student, self.spec)
+    return self._start_variables[init_checkpoint]
 
   def jitted(self, state):
     """(train_step, eval_step), compiled on first use and kept for this Run."""
@@ -98,17 +117,21 @@ class Run:
       step = steps.jit_eval_step(steps.teacher_eval_step, self.mesh,
                                  oracle_settings=self.oracle_settings, teacher=self.teacher,
                                  spec=self.spec, compiler_options=self.compiler_options)
-      self._teacher_eval = evaluate(self, step, teacher_variables)  # pylint: disable=attribute-defined-outside-init
+      self._teacher_eval = evaluate(self, step, teacher_variables, desc='teacher eval')  # pylint: disable=attribute-defined-outside-init
     return self._teacher_eval
 
 
-def evaluate(run, eval_step, variables):
+def evaluate(run, eval_step, variables, desc='eval'):
   """Rates over the eval split of the sums `eval_step` returns (`correct_<name>` →
-  `<name>`, `loss_sum` → `loss`); every example counted once, padding masked."""
-  it = data.eval_iterator(run.spec, data_dir=run.data_dir,
-                          global_batch_size=run.config.eval_batch_size)
+  `<name>`, `loss_sum` → `loss`); every example counted once, padding masked. A bar
+  named `desc` counts the examples (summing on the host waits for each batch anyway)."""
+  split, batch_size = run.spec.eval_split, run.config.eval_batch_size
+  it = data.eval_iterator(run.spec, data_dir=run.data_dir, global_batch_size=batch_size,
+                          split=split)
   totals = None
-  for batch in parallel.prefetch_to_devices(it, run.mesh):
+  for batch in metrics_io.counted(parallel.prefetch_to_devices(it, run.mesh),
+                                  data.num_examples(run.spec, run.data_dir, split),
+                                  batch_size, desc=desc):
     sums = eval_step(variables, batch)
     totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
   return rates(jax.device_get(totals))
@@ -145,7 +168,12 @@ def plan(config, run):
   count = lambda model: sum(int(np.prod(v.shape)) for v in jax.tree.leaves(
       jax.eval_shape(model.init, jax.random.key(0),
                      np.zeros((1, *run.spec.image_shape), np.float32))['params']))
-  out = dict(dataset=config.dataset, train_examples=run.num_train, method=config.method,
+  spec = run.spec
+  out = dict(dataset=config.dataset, train_examples=run.num_train,
+             eval_split=spec.eval_split,
+             eval_examples=data.num_examples(spec, run.data_dir, spec.eval_split),
+             num_classes=spec.num_classes, **data.record(spec), augment=spec.augment,
+             streamed=spec.streamed, method=config.method,
              oracle=methods.uses_oracle(config),
              student=config.student.model, student_params=count(run.student),
              steps=run.total_steps, epochs=round(run.total_steps / run.steps_per_epoch, 3),
@@ -154,6 +182,9 @@ def plan(config, run):
   if run.teacher is not None:
     out.update(teacher=config.teacher.model, teacher_params=count(run.teacher),
                teacher_checkpoint=config.teacher.checkpoint)
+  if config.init_checkpoint:  # read and checked as a new run would read it
+    run.start_variables(config.init_checkpoint)
+    out.update(init_checkpoint=config.init_checkpoint)
   return out
 
 
@@ -186,8 +217,12 @@ class SingleRun:
     self.images_per_step = config.batch_size
     self._key = jax.random.key(config.seed)
 
-  def initial_state(self):
-    return parallel.replicate(self.run.init_state(self.config.seed), self.run.mesh)
+  def initial_state(self, resuming=False):
+    """The state to start from (`config.init_checkpoint`'s weights unless `resuming`) or,
+    `resuming`, the target a checkpoint restores onto."""
+    init_checkpoint = '' if resuming else self.config.init_checkpoint
+    return parallel.replicate(self.run.init_state(self.config.seed, init_checkpoint),
+                              self.run.mesh)
 
   def start_step(self, state):
     return int(state.step)
@@ -226,12 +261,22 @@ def fit(program, members, directory):
   best model and `results.json` in its workdir and returns their results, in order."""
   directory = fileio.path(directory)
   member_dirs = [fileio.path(m.workdir) for m in members]
+  _read_init_checkpoint(program, directory)
   with contextlib.ExitStack() as locks:  # only now: bad input writes nothing
     for d in dict.fromkeys(str(d) for d in [directory, *member_dirs]):
       locks.enter_context(workdirs.exclusive(fileio.path(d)))
     for m, d in zip(members, member_dirs):
       workdirs.prepare(m.config, d)
     return _loop(program, members, member_dirs, directory)
+
+
+def _read_init_checkpoint(program, directory):
+  """Reads and checks a new run's `init_checkpoint` (the Run keeps it) before anything is
+  written, so that one that does not fit leaves nothing behind. A workdir with training
+  checkpoints resumes from them: `_loop` decides, and reads it only if none is there."""
+  source = program.config.init_checkpoint
+  if source and not (directory / 'checkpoints').exists():
+    program.run.start_variables(source)
 
 
 def _per_member(saved, size, default):
@@ -245,7 +290,9 @@ def _per_member(saved, size, default):
 def _loop(program, members, member_dirs, directory):
   config, run = program.config, program.run
   manager = checkpoints.TrainCheckpoints(directory / 'checkpoints', keep=config.keep_checkpoints)
-  state, meta = manager.restore_latest(program.initial_state())
+  # A run resuming from its own checkpoint never reads config.init_checkpoint.
+  resuming = manager.latest_step() is not None
+  state, meta = manager.restore_latest(program.initial_state(resuming))
   start = program.start_step(state)
   if start:
     logging.warning(program.resuming, start, directory)
@@ -259,8 +306,7 @@ def _loop(program, members, member_dirs, directory):
   eval_every = int(round(config.eval_every_epochs * run.steps_per_epoch))
   pending = []  # device metrics not yet fetched: fetched at log/checkpoint time only
   preemption_notice = preemption.Notice(start)  # every process stops at the same step
-  progress = metrics_io.Progress(run.total_steps, start, program.images_per_step,
-                                 enabled=jax.process_index() == 0)
+  progress = metrics_io.Progress(run.total_steps, start, program.images_per_step)
   throughput = metrics_io.Throughput(writers, run.total_steps, program.images_per_step,
                                      config.log_every_steps)
   every = lambda step, period: step == run.total_steps or (period > 0 and step % period == 0)
@@ -276,10 +322,10 @@ def _loop(program, members, member_dirs, directory):
       state, metrics = program.train_step(state, next(batches), step)
       pending.append((step, metrics))
       throughput(step)  # host time only: steps/s and img/s every log interval
+      progress.update(step)  # steps dispatched: moves at every step, syncs nothing
       stop = preemption_notice.reached(step)
       if every(step, config.log_every_steps) or stop:
         flush()
-        progress.update(step)
       if every(step, eval_every):
         last_eval = _evaluate(program, members, member_dirs, writers, state, step, best_top1)
       if every(step, config.checkpoint_every_steps) or stop:
@@ -344,14 +390,15 @@ def _finish(program, members, member_dirs, state, best_top1, last_eval, train_lo
       checkpoints.save_model(workdir / 'teacher', variables[i], step=run.total_steps,
                              **_model_meta(c, run, top1=last_eval[i].get('top1')))
     results = results_record(c, run.total_steps, last_eval[i], best_top1[i], train_loss[i],
-                             teacher_evals[i])
+                             teacher_evals[i], run.spec)
     if jax.process_index() == 0:
       fileio.write_json(workdir / 'results.json', results)
     out.append(results)
   return out
 
 
-def results_record(config, total_steps, last_eval, best_top1, train_loss, teacher_eval):
+def results_record(config, total_steps, last_eval, best_top1, train_loss, teacher_eval,
+                   spec):
   """What `results.json` holds for one run."""
   oracle_on = methods.uses_oracle(config)
   return dict(final_top1=last_eval.get('top1'), final_top5=last_eval.get('top5'),
@@ -359,8 +406,9 @@ def results_record(config, total_steps, last_eval, best_top1, train_loss, teache
               method=config.method, oracle=oracle_on,
               gamma=float(config.oracle.gamma) if oracle_on else None, dataset=config.dataset,
               student=config.student.model, seed=config.seed,
+              init_checkpoint=config.get('init_checkpoint') or None,
               teacher_top1=teacher_eval.get('teacher_top1'),
-              oracle_top1=teacher_eval.get('oracle_top1'),
+              oracle_top1=teacher_eval.get('oracle_top1'), **data.record(spec),
               **versus_reference(config.get('reference_top1'), best_top1))
 
 
@@ -374,4 +422,5 @@ def versus_reference(reference_top1, best_top1):
 
 def _model_meta(config, run, **extra):
   return dict(model=config.student.model, num_classes=run.spec.num_classes,
-              dataset=config.dataset, **models.architecture(config.student), **extra)
+              dataset=config.dataset, **data.record(run.spec),
+              **models.architecture(config.student), **extra)

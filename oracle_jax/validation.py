@@ -5,6 +5,7 @@ import numbers
 import re
 
 from oracle_jax import conv, data, methods, models, optim
+from oracle_jax.interop import zoo
 from oracle_jax.errors import ConfigError  # pylint: disable=unused-import  (callers catch it here)
 
 DTYPES = ('float32', 'bfloat16')
@@ -20,6 +21,8 @@ RANGES = {
     'ce_weight': '[0, inf)', 'label_smoothing': '[0, 1)', 'eval_every_epochs': '[0, inf)',
     'log_every_steps': 'int [0, inf)', 'checkpoint_every_steps': 'int [0, inf)',
     'keep_checkpoints': 'int [1, inf)',  # 0 would let orbax delete every checkpoint
+    'image_size': 'int [1, 65536]', 'data_mean': '[0, 1]', 'data_std': '(0, inf)',
+    'in_memory_gb': '[0, inf)',
     'oracle.gamma': '[0, inf)', 'oracle.steps': 'int [1, inf)',
     'oracle.reference_batch_size': 'int [1, inf)',
     'optimizer.learning_rate': '(0, inf)', 'optimizer.base_batch_size': 'int [0, inf)',
@@ -79,15 +82,30 @@ def check_ranges(config):
       _require(_in_range(v, allowed), f'{name} must be {_describe(allowed)}, got {v!r}.')
 
 
+def check_dataset_keys(config):
+  """The shapes of the dataset overrides, before any folder is read."""
+  for key, length in (('image_size', 2), ('data_mean', None), ('data_std', None)):
+    value = config.get(key, ())
+    _require(isinstance(value, (tuple, list)) and (not value or length in (None, len(value))),
+             f"{key} must be a tuple ({'(H, W)' if length else 'one number per channel'}), "
+             f"e.g. --config.{key}='{'(32,32)' if length else '(0.49,0.48,0.45)'}'; got {value!r}.")
+  _require(bool(config.get('data_mean', ())) == bool(config.get('data_std', ())),
+           'Set data_mean and data_std together (one number per channel each), or neither.')
+
+
 def validate_config(config):
-  spec = data.dataset_spec(config.dataset)  # unknown → ConfigError listing the known ones
+  check_ranges(config)
+  check_dataset_keys(config)
+  spec = data.spec_for(config)  # unknown → ConfigError listing the known ones; folders checked
+  _require(len(spec.mean) == len(spec.std) == spec.image_shape[-1],
+           f'data_mean and data_std need one number per channel ({spec.image_shape[-1]} for '
+           f'{spec.name}), got {len(spec.mean)} and {len(spec.std)}.')
   _require(config.method in methods.CHOICES,
            f'Unknown method {config.method!r}; choose one of {", ".join(methods.CHOICES)}.')
   distilled = methods.is_distilled(config)
   names = [config.student.model] + ([config.teacher.model] if distilled else [])
   for name in names:
     _require(name in models.NAMES, f'Unknown model {name!r}; choose one of: {", ".join(models.NAMES)}.')
-  check_ranges(config)
   _require(config.batch_size % config.grad_accum_steps == 0,
            f'grad_accum_steps={config.grad_accum_steps} must divide '
            f'batch_size={config.batch_size}.')
@@ -106,6 +124,17 @@ def validate_config(config):
            f'method={config.method!r} needs a teacher: set --config.teacher.checkpoint to a '
            'model checkpoint directory (e.g. WORKDIR/teacher of a method=scratch run) or a '
            '.pth file.')
+  check_init_checkpoint(config.get('init_checkpoint', ''))
+
+
+def check_init_checkpoint(source):
+  """A `zoo:` name must be known. A path is checked when a new run reads it
+  (`train.fit`, before anything is written), never here: a resumed run ignores it, and
+  may run where the file no longer is."""
+  name = source[len(zoo.PREFIX):] if source.startswith(zoo.PREFIX) else None
+  _require(name is None or name in zoo.REGISTRY,
+           f'init_checkpoint {source!r} names no zoo model; known: '
+           f'{", ".join(sorted(zoo.REGISTRY))} (python -m oracle_jax.zoo list).')
 
 
 def check_batch(batch, spec):

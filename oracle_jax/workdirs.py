@@ -27,6 +27,10 @@ RESUMABLE_CHANGES = frozenset({'overwrite', 'log_every_steps', 'eval_batch_size'
                                # gone from the configs (the offline default is launch/demo.py);
                                # runs that older versions started with them still resume
                                'demo', 'demo_seeds', 'demo_teacher_steps'})
+# Keys added to the configs after runs were started without them, with the default such a
+# run had: it resumes while the key keeps that value.
+ADDED_KEYS = {'image_size': [], 'data_mean': [], 'data_std': [], 'eval_split': '',
+              'augment': '', 'in_memory_gb': 4.0, 'init_checkpoint': ''}
 # What a run writes into its workdir, deleted when `overwrite` discards an older run.
 RUN_OUTPUTS = ('checkpoints', 'best', 'teacher', 'tensorboard', 'metrics.jsonl',
                'results.json')
@@ -157,7 +161,8 @@ def prepare(config, workdir):
   path = workdir / 'config.json'
   current = json.loads(config.to_json_best_effort())
   if path.exists():
-    saved = fileio.read_json(path, 'config of the run in this workdir')
+    saved = {**{k: v for k, v in ADDED_KEYS.items() if k in current},
+             **fileio.read_json(path, 'config of the run in this workdir')}
     changed = sorted(k for k in set(saved) | set(current)
                      if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
     if changed and not config.overwrite:
@@ -172,12 +177,14 @@ def prepare(config, workdir):
 
 def _discard_run(config, workdir):
   outputs = [workdir / name for name in RUN_OUTPUTS]
-  teacher = _teacher_read(config)
-  if teacher is not None and any(teacher == o or o in teacher.parents for o in outputs):
-    raise errors.ConfigError(
-        f'overwrite=True would delete {str(teacher)!r}, the teacher this run reads '
-        f'(teacher.checkpoint={config.teacher.checkpoint!r}). Copy the teacher out of '
-        f'{str(workdir)!r} first, or use another --workdir.')
+  for what, key, source in _models_read(config):
+    path = fileio.path(source)
+    path = path / 'teacher' if (path / 'teacher').is_dir() else path  # a run's workdir
+    if any(path == o or o in path.parents for o in outputs):
+      raise errors.ConfigError(
+          f'overwrite=True would delete {str(path)!r}, the {what} this run reads '
+          f'({key}={source!r}). Copy it out of {str(workdir)!r} first, or use another '
+          '--workdir.')
   for old in outputs:
     if old.is_dir():
       old.rmtree()
@@ -185,9 +192,10 @@ def _discard_run(config, workdir):
       old.unlink()
 
 
-def _teacher_read(config):
-  """The path the run's teacher is read from (a run's workdir means its `teacher/`)."""
-  if not methods.is_distilled(config) or not config.teacher.checkpoint:
-    return None
-  teacher = fileio.path(config.teacher.checkpoint)
-  return teacher / 'teacher' if (teacher / 'teacher').is_dir() else teacher
+def _models_read(config):
+  """`(what, key, value)` of each model checkpoint path the run reads: its teacher's and
+  its `init_checkpoint` (zoo names are no paths in the workdir)."""
+  sources = [('teacher', 'teacher.checkpoint',
+              config.teacher.checkpoint if methods.is_distilled(config) else ''),
+             ('init_checkpoint', 'init_checkpoint', config.get('init_checkpoint', ''))]
+  return [s for s in sources if s[2] and not s[2].startswith('zoo:')]

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from configs import default as default_config
-from oracle_jax import checkpoints, parallel, train
+from oracle_jax import checkpoints, metrics_io, parallel, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,3 +77,24 @@ def wait_until(proc, predicate, timeout=240):
 
 def saved_steps(checkpoint_dir):
   return [int(p.name) for p in checkpoint_dir.glob('*') if p.name.isdigit()]
+
+
+class RecordedBars:
+  """Every bar `metrics_io.progress_bar` makes while patched (`monkeypatch`), as
+  `{'desc', 'unit', 'total', 'updates'}`: the real bar, each `update(n)` recorded."""
+
+  def __init__(self, monkeypatch):
+    self.bars, real = [], metrics_io.progress_bar
+
+    def recording(total, unit, **kwargs):
+      bar = real(total, unit, **kwargs)
+      record = dict(desc=kwargs.get('desc'), unit=unit, total=total, updates=[])
+      update = bar.update
+      bar.update = lambda n=1: record['updates'].append(n) or update(n)
+      self.bars.append(record)
+      return bar
+
+    monkeypatch.setattr(metrics_io, 'progress_bar', recording)
+
+  def named(self, desc):
+    return [b for b in self.bars if b['desc'] == desc]

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import RecordedBars
 from sklearn import metrics
 
 from oracle_jax import analysis
@@ -198,16 +199,19 @@ def synthetic_batches(n, batch_size, seed=0):
   return images, labels, batches
 
 
-def test_evaluate_streams_sharded_batches(digits_teacher):
+def test_evaluate_streams_sharded_batches(digits_teacher, monkeypatch):
   """Scratch stats = one-shot stats of direct logits; γ = 0 = scratch exactly; the
-  sample holds the right examples' logits on x and x*."""
+  sample holds the right examples' logits on x and x*; a bar counts the examples."""
   _, model, variables = digits_teacher
   assert jax.device_count() == 8
   n, gammas = 150, (0.0, 5.0)
   images, labels, batches = synthetic_batches(n, 32)
+  recorded = RecordedBars(monkeypatch)
   out = analysis.evaluation.evaluate(model, variables, iter(batches), DIGITS, gammas=gammas,
                           global_batch_size=32, sample_size=100, num_bins=15,
-                          temperature=4.0)
+                          temperature=4.0, num_examples=n)
+  assert recorded.bars == [dict(desc='teacher on x and x* at 2 γ', unit='img', total=n,
+                                updates=[32, 32, 32, 32, 22])]  # the padding is not counted
   stats = out['stats']
   for k in stats:  # Oracle at γ = 0 is scratch, bit for bit.
     np.testing.assert_array_equal(stats[k][1], stats[k][0])
@@ -239,13 +243,23 @@ def test_evaluate_streams_sharded_batches(digits_teacher):
   assert np.mean(np.abs(sample['logits'][:, 2] - direct[1][sample['index']]) < 1e-4) > 0.95
 
 
-def test_evaluate_max_examples_and_batch_size_check(digits_teacher):
+def test_evaluate_max_examples_and_batch_size_check(digits_teacher, monkeypatch, capsys):
   _, model, variables = digits_teacher
   _, _, batches = synthetic_batches(100, 32)
+  recorded = RecordedBars(monkeypatch)
   out = analysis.evaluation.evaluate(model, variables, iter(batches), DIGITS, gammas=(1.0,),
-                          global_batch_size=32, sample_size=10, max_examples=40)
+                          global_batch_size=32, sample_size=10, max_examples=40,
+                          num_examples=100)
   assert out['stats']['count'][0].sum() == 40
   assert out['sample']['index'].max() < 40
+  assert recorded.bars[0]['total'] == 40 and recorded.bars[0]['updates'] == [32, 8]
+  assert '40/40' in capsys.readouterr().err
+  monkeypatch.setattr(jax, 'process_index', lambda: 1)  # the same pass elsewhere: no bar
+  again = analysis.evaluation.evaluate(model, variables, iter(batches), DIGITS, gammas=(1.0,),
+                            global_batch_size=32, sample_size=10, max_examples=40,
+                            num_examples=100)
+  jax.tree.map(np.testing.assert_array_equal, again, out)
+  assert capsys.readouterr() == ('', '')
   with pytest.raises(ValueError, match='divisible by the 8 devices'):
     analysis.evaluation.evaluate(model, variables, iter(batches), DIGITS, gammas=(1.0,),
                       global_batch_size=12)
@@ -271,6 +285,13 @@ def digits_report(tmp_path_factory, digits_teacher):
                    '--select_gamma')
   assert result.returncode == 0, result.stderr[-3000:]
   return tmp / 'run' / 'analysis', result
+
+
+def test_command_shows_its_progress(digits_report):
+  _, result = digits_report
+  bar = [l for l in result.stderr.replace('\r', '\n').splitlines() if 'x* at 4 γ' in l]
+  assert bar[-1].startswith('teacher on x and x* at 4 γ: 100%') and '540/540' in bar[-1]
+  assert 'img/s' in bar[-1]
 
 
 def test_command_writes_every_table(digits_report):

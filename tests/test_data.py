@@ -301,14 +301,6 @@ def test_prefetch_keeps_order_and_raises_producer_errors():
 
 # Missing and malformed data.
 
-def test_missing_cifar100(tmp_path):
-  with pytest.raises(data.DatasetNotFoundError) as e:
-    data.train_iterator(data.dataset_spec('cifar100'), data_dir=str(tmp_path),
-                        global_batch_size=8, seed=0)
-  assert isinstance(e.value, FileNotFoundError)
-  assert str(tmp_path) in str(e.value) and 'download_and_prepare' in str(e.value)
-
-
 def test_missing_imagenet_names_the_manual_files(tmp_path):
   with pytest.raises(data.DatasetNotFoundError, match='ILSVRC2012_img_train.tar') as e:
     next(data.eval_iterator(data.dataset_spec('imagenet2012'), data_dir=str(tmp_path),
@@ -443,18 +435,18 @@ def test_mock_imagenet_train_and_eval():
 
 
 def test_imagenet_eval_resize_and_center_crop():
-  from oracle_jax.data import imagenet  # pylint: disable=g-import-not-at-top
+  from oracle_jax.data import transforms  # pylint: disable=g-import-not-at-top
   # Shorter side already 256: no resize, so the crop must be the exact centre.
   image = np.random.default_rng(0).integers(0, 256, (300, 256, 3), dtype=np.uint8)
-  out = imagenet.resize_and_center_crop(tf.constant(image), (224, 224)).numpy()
+  out = transforms.resize_and_center_crop(tf.constant(image), (224, 224)).numpy()
   np.testing.assert_array_equal(out, image[38:262, 16:240])
-  small = imagenet.resize_and_center_crop(tf.zeros((40, 60, 3), tf.uint8), (224, 224))
+  small = transforms.resize_and_center_crop(tf.zeros((40, 60, 3), tf.uint8), (224, 224))
   assert small.shape == (224, 224, 3)
 
 
 def test_imagenet_crop_windows_follow_torchvision_ranges():
-  from oracle_jax.data import imagenet  # pylint: disable=g-import-not-at-top
-  windows = np.array([imagenet.crop_window(tf.constant([375, 500]),
+  from oracle_jax.data import transforms  # pylint: disable=g-import-not-at-top
+  windows = np.array([transforms.crop_window(tf.constant([375, 500]),
                                            tf.constant([s, 0], tf.int64)).numpy()
                       for s in range(200)])
   top, left, h, w = windows.T
@@ -464,5 +456,5 @@ def test_imagenet_crop_windows_follow_torchvision_ranges():
   assert np.all((w / h > 0.74) & (w / h < 1.35))
   # A very wide image falls back to the largest central crop of ratio 4/3.
   np.testing.assert_array_equal(
-      imagenet.crop_window(tf.constant([10, 1000]), tf.constant([0, 0], tf.int64)),
+      transforms.crop_window(tf.constant([10, 1000]), tf.constant([0, 0], tf.int64)),
       [0, 494, 10, 13])

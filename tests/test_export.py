@@ -16,7 +16,7 @@ import safetensors.numpy
 import torch
 import torch_models
 from conftest import REFERENCE_DIR
-from helpers import REPO, digits_config
+from helpers import REPO, RecordedBars, digits_config
 
 from oracle_jax import checkpoints, data, models, sweep
 from oracle_jax.interop import export, safetensors_reader, torch_import
@@ -57,13 +57,18 @@ def test_imported_and_exported_again_is_the_original(filename, model, classes, s
   assert_bitwise_equal(torch_import.read_weights(str(out)), original)  # and read back here
 
 
-def test_file_to_file_and_back_in(tmp_path):
-  """A .pth exported straight to .safetensors, and that imported again: the same."""
+def test_file_to_file_and_back_in(tmp_path, monkeypatch):
+  """A .pth exported straight to .safetensors, and that imported again: the same. A bar
+  counts the tensors converted."""
   pth = REFERENCE_DIR / 'torch' / 'cifar10_resnet20_pickled_module.pth'
   out = tmp_path / 'r20.safetensors'
+  recorded = RecordedBars(monkeypatch)
   assert export.main([str(pth), str(out), '--model=resnet20', '--num_classes=10',
                       '--dataset=cifar10']) == 0
   assert_bitwise_equal(read_back(out), torch_import.read_state_dict(str(pth)))
+  tensors = len(read_back(out))
+  assert recorded.bars == [dict(desc='converting', unit='tensor', total=tensors,
+                                updates=[1] * tensors)]
   info = json.loads((tmp_path / 'r20.safetensors.json').read_text())
   assert (info['dataset'], info['input_size'], info['num_batches_tracked']) == (
       'cifar10', [3, 32, 32], 96186)

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 from conftest import REFERENCE_DIR
-from helpers import (REPO, assert_trees_close, digits_config, final_params, main_command,
-                     saved_steps, wait_until)
+from helpers import (REPO, RecordedBars, assert_trees_close, digits_config, final_params,
+                     main_command, saved_steps, wait_until)
 
 from oracle_jax import checkpoints, conv, data, parallel, patch_conv, train
 
@@ -24,13 +24,20 @@ def test_scratch_run_keeps_a_teacher(digits_teacher):
 
 
 @pytest.mark.parametrize('oracle', [False, True])
-def test_distillation_run(digits_data_dir, digits_teacher, tmp_path, oracle):
+def test_distillation_run(digits_data_dir, digits_teacher, tmp_path, oracle, monkeypatch):
   teacher_dir, _ = digits_teacher
   before, _ = checkpoints.load_model(teacher_dir)
   config = digits_config(digits_data_dir, method='kd', **{'teacher.model': 'resnet8',
                                                    'teacher.checkpoint': teacher_dir,
                                                    'oracle.enabled': oracle})
+  recorded = RecordedBars(monkeypatch)
   results = train.train_and_evaluate(config, str(tmp_path))
+  # The bars: training moves at every one of its 6 steps; the student's evaluation (at the
+  # last step) and the teacher's count the 540 test digits in batches of 64.
+  assert recorded.named('train') == [dict(desc='train', unit='step', total=6, updates=[1] * 6)]
+  digits = dict(unit='img', total=540, updates=[64] * 8 + [28])
+  assert recorded.named('eval') == [dict(desc='eval', **digits)]
+  assert recorded.named('teacher eval') == [dict(desc='teacher eval', **digits)]
   on_disk = json.loads((tmp_path / 'results.json').read_text())
   assert on_disk == results
   assert {'final_top1', 'best_top1', 'final_train_loss', 'steps'} <= set(results)

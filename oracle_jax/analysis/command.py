@@ -26,7 +26,7 @@ def parse_gammas(values):
 
 
 def write_results(out_dir, evaluated, gammas, *, setup, temperature, silhouette_examples,
-                  tsne_examples):
+                  tsne_examples, class_names=()):
   """Tables, γ selection and figures from `evaluation.evaluate`'s output; writes them on
   process 0."""
   scratch, results = evaluation.results_per_gamma(
@@ -48,7 +48,8 @@ def write_results(out_dir, evaluated, gammas, *, setup, temperature, silhouette_
     report.write_report(out_dir, results, scratch, setup=setup, embeddings=embeddings,
                         tsne_colors=evaluated['sample']['coarse_label' if coarse else 'label'],
                         tsne_color_name='superclass' if coarse else 'class',
-                        diagrams=diagrams, selected=selected)
+                        diagrams=diagrams, selected=selected,
+                        class_names=() if coarse else class_names)
   return {'scratch': scratch, 'results': results, 'selected': selected}
 
 
@@ -67,7 +68,7 @@ def run(config, *, teacher, out_dir, gammas=DEFAULT_GAMMAS, split=None, num_bins
                      'silhouette_examples >= 2.')
   teacher = teacher or config.teacher.checkpoint
   mesh = parallel.make_mesh()
-  spec = data.dataset_spec(config.dataset)
+  spec = data.spec_for(config)
   conv_impl, compiler_options = conv.choose(config.conv_impl, mesh.size,
                                                  image_shape=spec.image_shape)
   model, variables = teachers.load(config, spec, checkpoint=teacher, conv_impl=conv_impl)
@@ -81,11 +82,15 @@ def run(config, *, teacher, out_dir, gammas=DEFAULT_GAMMAS, split=None, num_bins
       steps=config.oracle.steps, reference_batch_size=config.oracle.reference_batch_size,
       num_bins=num_bins, temperature=temperature,
       sample_size=max(tsne_examples, silhouette_examples), max_examples=max_examples,
-      mesh=mesh, compiler_options=compiler_options)
+      num_examples=data.num_examples(spec, config.data_dir or None, split), mesh=mesh,
+      compiler_options=compiler_options)
   setup = {'teacher': f'{config.teacher.model} from {teacher}',
            'dataset': f'{spec.name}, split {split}',
            'oracle': f'{config.oracle.steps} step(s), γ quoted at batch '
                      f'{config.oracle.reference_batch_size}',
            'ECE bins': num_bins}
+  if spec.class_names:
+    setup['classes'] = ', '.join(spec.class_names)
   return write_results(out_dir, evaluated, gammas, setup=setup, temperature=temperature,
-                       silhouette_examples=silhouette_examples, tsne_examples=tsne_examples)
+                       silhouette_examples=silhouette_examples, tsne_examples=tsne_examples,
+                       class_names=spec.class_names)

@@ -14,6 +14,7 @@ import numpy as np
 
 from oracle_jax import data
 from oracle_jax import errors
+from oracle_jax import metrics_io
 from oracle_jax import oracle
 from oracle_jax import parallel
 from oracle_jax.analysis import metrics
@@ -92,11 +93,23 @@ def make_eval_step(model, spec, *, gammas, steps=1, reference_batch_size=64, num
   return step
 
 
+def counting(step):
+  """`step` that also returns the examples counted so far: a value the loop can wait on
+  (the state itself is donated to the next step)."""
+
+  def counted_step(variables, state, batch):
+    state = step(variables, state, batch)
+    return state, jnp.sum(state['stats']['count'][0])
+
+  return counted_step
+
+
 def evaluate(model, variables, batches, spec, *, gammas, global_batch_size, steps=1,
              reference_batch_size=64, num_bins=15, temperature=4.0, sample_size=2000,
-             max_examples=0, mesh=None, compiler_options=None):
+             max_examples=0, num_examples=None, mesh=None, compiler_options=None):
   """Streams `batches` (this process's part of each global batch) through the teacher
-  (`compiler_options`: XLA options of the jitted step, from `conv.choose`).
+  (`compiler_options`: XLA options of the jitted step, from `conv.choose`), a bar
+  counting the examples (`num_examples`: the split's, for the bar's total and ETA).
 
   Returns host numpy `{'stats': {...: [1 + G, ...]}, 'sample': {...}}`; output set 0 is
   the teacher on x, set 1 + i on x* for `gammas[i]`. The sample holds up to
@@ -105,23 +118,31 @@ def evaluate(model, variables, batches, spec, *, gammas, global_batch_size, step
   mesh = parallel.make_mesh() if mesh is None else mesh
   parallel.check_batch_size(global_batch_size, mesh)
   step = jax.jit(
-      make_eval_step(model, spec, gammas=gammas, steps=steps,
-                     reference_batch_size=reference_batch_size, num_bins=num_bins,
-                     temperature=temperature, max_examples=max_examples),
+      counting(make_eval_step(model, spec, gammas=gammas, steps=steps,
+                              reference_batch_size=reference_batch_size, num_bins=num_bins,
+                              temperature=temperature, max_examples=max_examples)),
       in_shardings=(parallel.replicated(mesh), parallel.replicated(mesh),
                     parallel.batch_sharding(mesh)),
       out_shardings=parallel.replicated(mesh), donate_argnums=1,
       compiler_options=compiler_options or None)
   variables = parallel.replicate(variables, mesh)
-  state = None
-  for i, batch in enumerate(batches):
-    if max_examples and i * global_batch_size >= max_examples:
-      break
-    if state is None:
-      state = parallel.replicate(init_state(
-          1 + len(gammas), spec.num_classes, num_bins=num_bins, sample_size=sample_size,
-          coarse='coarse_label' in batch), mesh)
-    state = step(variables, state, parallel.global_batch(batch, mesh))
+  state = counted = None
+  total = min(filter(None, (num_examples, max_examples)), default=None)
+  desc = f'teacher on x and x* at {len(gammas)} γ'
+  with metrics_io.progress_bar(total, 'img', desc=desc) as bar:
+    for i, batch in enumerate(batches):
+      if max_examples and i * global_batch_size >= max_examples:
+        break
+      if state is None:
+        state = parallel.replicate(init_state(
+            1 + len(gammas), spec.num_classes, num_bins=num_bins, sample_size=sample_size,
+            coarse='coarse_label' in batch), mesh)
+      previous = counted
+      state, counted = step(variables, state, parallel.global_batch(batch, mesh))
+      if previous is not None:  # one step behind: the device keeps the next step queued
+        bar.update(int(previous) - bar.n)
+    if counted is not None:
+      bar.update(int(counted) - bar.n)
   if state is None:
     raise ValueError('The split yielded no batches.')
   state = jax.device_get(state)

@@ -85,15 +85,19 @@ def plot_reliability(path, diagrams):
   _save_figure(fig, path)
 
 
-def plot_tsne(path, embeddings, colors, color_name):
-  """One t-SNE panel per γ, points coloured by `colors` (superclass or class)."""
+def plot_tsne(path, embeddings, colors, color_name, names=()):
+  """One t-SNE panel per γ, points coloured by `colors` (superclass or class), the legend
+  naming them by `names` (a folder dataset's classes) where given."""
   fig, axes = _figure(min(4, len(embeddings)), math.ceil(len(embeddings) / 4))
   cmap = 'tab10' if colors.max() < 10 else 'tab20' if colors.max() < 20 else 'nipy_spectral'
   for ax, (gamma, xy) in zip(axes, embeddings.items()):
     points = ax.scatter(xy[:, 0], xy[:, 1], c=colors[:len(xy)], cmap=cmap, s=4)
     ax.set(title=f'x* at γ = {gamma:g}' if gamma else 'x (γ = 0)', xticks=[], yticks=[])
   if colors.max() < 20:  # A legend of 100 classes would hide the plot.
-    axes[0].legend(*points.legend_elements(), loc='best', fontsize='small', ncol=2)
+    handles, labels = points.legend_elements(num=None)  # one entry per value shown
+    if names:
+      labels = [names[int(v)] for v in np.unique(colors[:len(xy)])]
+    axes[0].legend(handles, labels, loc='best', fontsize='small', ncol=2)
   for ax in axes[len(embeddings):]:
     ax.set_axis_off()
   fig.suptitle(f't-SNE of softmax(logits/τ), coloured by {color_name}')
@@ -133,12 +137,12 @@ def _save_figure(fig, path):
 
 
 def write_report(out_dir, results, scratch, *, setup, embeddings, tsne_colors,
-                 tsne_color_name, diagrams, selected):
+                 tsne_color_name, diagrams, selected, class_names=()):
   out_dir = fileio.path(out_dir)
   fileio.write_json(out_dir / 'report.json',
                     _jsonable([{**r, 'selected': r['gamma'] == selected} for r in results]),
                     indent=1)
   fileio.write_text(out_dir / 'report.md', markdown(results, scratch, setup, selected=selected))
   plot_reliability(out_dir / 'reliability.png', diagrams)
-  plot_tsne(out_dir / 'tsne.png', embeddings, tsne_colors, tsne_color_name)
+  plot_tsne(out_dir / 'tsne.png', embeddings, tsne_colors, tsne_color_name, class_names)
   plot_sweep(out_dir / 'gamma_sweep.png', results, scratch)

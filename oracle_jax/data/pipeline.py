@@ -11,7 +11,9 @@ and a global batch may span two epochs. Global batch t holds positions
 b = B / process_count. Batches and augmentation therefore do not depend on the
 number of processes, and `start_step` jumps straight to any batch.
 
-Streamed datasets (`spec.streamed`: imagenet2012) are read from disk instead (imagenet.py).
+Streamed datasets (`spec.streamed`: imagenet2012, large folder datasets) are read from
+disk instead (streamed.py). Folder datasets held in memory are resized to one size
+when loaded (folder.py).
 """
 import functools
 import itertools
@@ -23,7 +25,9 @@ import jax
 import numpy as np
 
 from oracle_jax.data import augment as augment_lib
+from oracle_jax.data import folder
 from oracle_jax.data import sources
+from oracle_jax.data import specs
 from oracle_jax.data.global_batches import local_batch_size, process_positions
 
 # Host batches computed ahead of the consumer, which moves them to the devices.
@@ -48,11 +52,11 @@ def train_iterator(spec, *, data_dir, global_batch_size, seed, start_step=0,
   if spec.streamed:
     if train_examples:
       raise ValueError(f'train_examples is not supported for streamed {spec.name}.')
-    from oracle_jax.data import imagenet  # pylint: disable=g-import-not-at-top
-    return imagenet.train_iterator(
+    from oracle_jax.data import streamed  # pylint: disable=g-import-not-at-top
+    return streamed.train_iterator(
         spec, data_dir=data_dir, global_batch_size=global_batch_size, seed=seed,
         start_step=start_step, augment=augment)
-  data = sources.load_split(spec, data_dir, 'train')
+  data = load_split(spec, data_dir, 'train')
   if train_examples:
     data = {k: v[stratified_subset(data['label'], train_examples)]
             for k, v in data.items()}
@@ -73,12 +77,19 @@ def eval_iterator(spec, *, data_dir, global_batch_size, split=None, whole_batche
   local_batch_size(global_batch_size, jax.process_count())  # Before reading data.
   _check_whole_batches(spec, whole_batches)
   if spec.streamed:
-    from oracle_jax.data import imagenet  # pylint: disable=g-import-not-at-top
-    return imagenet.eval_iterator(
+    from oracle_jax.data import streamed  # pylint: disable=g-import-not-at-top
+    return streamed.eval_iterator(
         spec, data_dir=data_dir, global_batch_size=global_batch_size, split=split)
-  data = sources.load_split(spec, data_dir, split)
+  data = load_split(spec, data_dir, split)
   return prefetch(eval_batches(data, global_batch_size=global_batch_size,
                                **_process(whole_batches)))
+
+
+def load_split(spec, data_dir, split):
+  """A whole split of an in-memory dataset, as numpy arrays."""
+  if specs.is_folder(spec.name):
+    return folder.load_split(spec, split)
+  return sources.load_split(spec, data_dir, split)
 
 
 def _process(whole_batches):
@@ -90,15 +101,16 @@ def _process(whole_batches):
 
 
 def _check_whole_batches(spec, whole_batches):
-  # A streamed dataset's stream depends on the process count (imagenet.py).
+  # A streamed dataset's stream depends on the process count (streamed.py).
   if whole_batches and spec.streamed and jax.process_count() > 1:
     raise ValueError(f'{spec.name} is streamed in per-process shards; every process cannot '
                      'read whole batches of it.')
 
 
 def augmentation(spec):
-  """(pad, flip) of the random crop + flip that trains in-memory dataset `spec`."""
-  return spec.crop_padding, spec.flip
+  """(pad, flip) of the random crop + flip that trains in-memory dataset `spec`; None
+  for no augmentation."""
+  return None if spec.augment == 'none' else (spec.crop_padding, spec.flip)
 
 
 def train_batches(data, *, global_batch_size, seed, start_step, augmentation,

@@ -1,10 +1,24 @@
 """What the model needs to know about each dataset, and the on-device normalization."""
 import dataclasses
+import os
 
 import jax.numpy as jnp
 import numpy as np
 
 from oracle_jax import errors
+
+
+# `dataset='folder:DIR'`: a class-folder dataset (folder.py).
+FOLDER_PREFIX = 'folder:'
+
+
+def is_folder(name):
+  return name.startswith(FOLDER_PREFIX)
+
+
+def folder_root(name):
+  """The absolute directory of `folder:DIR`."""
+  return os.path.abspath(os.path.expanduser(name[len(FOLDER_PREFIX):]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,11 +32,15 @@ class DatasetSpec:
   num_coarse_classes: int  # CIFAR-100's 20 superclasses; 0 elsewhere.
   eval_split: str
   manual: bool  # The raw files must be fetched by hand (no public download URL).
-  # Read from disk batch by batch (tf.data, RandomResizedCrop: imagenet.py) rather than
+  # Read from disk batch by batch (tf.data, streamed.py) rather than
   # held in host memory (pipeline.py, random crop of `crop_padding` + `flip`).
   streamed: bool = False
   crop_padding: int = 4  # The official code's RandomCrop(padding=4) + flip.
   flip: bool = True
+  # Training augmentation: 'crop_flip' (the above), 'random_resized_crop' (ImageNet's,
+  # streamed only) or 'none'.
+  augment: str = 'crop_flip'
+  class_names: tuple = ()  # folder datasets' class folders, in label order
 
 
 def _specs():
@@ -51,8 +69,17 @@ def _specs():
                   (0.2764, 0.2689, 0.2816), 0, 'validation', True),
       # torchvision's ImageNet statistics, which torchvision-trained teachers expect.
       DatasetSpec('imagenet2012', 1000, (224, 224, 3), (0.485, 0.456, 0.406),
-                  (0.229, 0.224, 0.225), 0, 'validation', True, streamed=True),
+                  (0.229, 0.224, 0.225), 0, 'validation', True, streamed=True,
+                  augment='random_resized_crop'),
   )}
+
+
+def record(spec):
+  """What results and model checkpoints record of a run's data, so that a model can be
+  used without the dataset at hand: its input size, normalisation and class names."""
+  out = dict(image_size=list(spec.image_shape[:2]), data_mean=list(spec.mean),
+             data_std=list(spec.std))
+  return {**out, 'class_names': list(spec.class_names)} if spec.class_names else out
 
 
 def dataset_spec(name):

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from oracle_jax import checkpoints, data, errors, fileio, models
+from oracle_jax import checkpoints, data, errors, fileio, metrics_io, models
 from oracle_jax.interop import safetensors_reader, torch_import, zoo
 
 PTH_SUFFIXES = ('.pth', '.pt')
@@ -110,8 +110,10 @@ def from_run(run_dir):
     raise ExportError(f'The newest checkpoint of {str(run_dir)!r} is step {step}, but the run '
                       f'finished at step {results.get("steps")}; its final model is gone.')
   student, dataset = config['student'], config['dataset']
-  return Model(variables, student['model'], data.dataset_spec(dataset).num_classes,
-               models.architecture(student), dataset, int(step), results, str(run_dir))
+  num_classes = (len(results['class_names']) if results.get('class_names')
+                 else data.dataset_spec(dataset).num_classes)
+  return Model(variables, student['model'], num_classes, models.architecture(student),
+               dataset, int(step), results, str(run_dir))
 
 
 def from_workdir(workdir, member=None):
@@ -164,8 +166,13 @@ def load_source(source, member=None, model_name=None, num_classes=None, architec
 def state_dict(model: Model):
   """The PyTorch state_dict of `model`: float32 weights and statistics, int64 counts."""
   out = torch_import.to_state_dict(model.variables, model.num_batches_tracked)
-  return {k: np.array(v, np.int64 if k.endswith('num_batches_tracked') else np.float32,
-                     order='C') for k, v in out.items()}
+  tensors = {}
+  with metrics_io.progress_bar(len(out), 'tensor', desc='converting', leave=False) as bar:
+    for k, v in out.items():
+      tensors[k] = np.array(v, np.int64 if k.endswith('num_batches_tracked') else np.float32,
+                            order='C')
+      bar.update()
+  return tensors
 
 
 def _pth_bytes(tensors):
@@ -209,10 +216,21 @@ def pytorch_model(model: Model, in_channels):
   return text
 
 
+def data_record(model: Model):
+  """The model's input size, normalisation (and class names): as its run or checkpoint
+  recorded them (a folder dataset's exist nowhere else), else its built-in dataset's."""
+  if 'data_mean' in model.figures:
+    return {k: model.figures[k] for k in ('image_size', 'data_mean', 'data_std', 'class_names')
+            if k in model.figures}
+  if model.dataset and not data.is_folder(model.dataset):
+    return data.record(data.dataset_spec(model.dataset))
+  return {}
+
+
 def record(model: Model, tensors, out, blob):
   """The JSON written beside OUT."""
   in_channels = tensors['conv1.weight'].shape[1]
-  spec = data.dataset_spec(model.dataset) if model.dataset else None
+  inputs = data_record(model)
   counts = sorted({int(v) for k, v in tensors.items() if k.endswith('num_batches_tracked')})
   return dict(
       file=fileio.path(out).name, sha256=hashlib.sha256(blob).hexdigest(), bytes=len(blob),
@@ -220,9 +238,10 @@ def record(model: Model, tensors, out, blob):
       model=model.name, architecture=model.architecture, num_classes=model.num_classes,
       pytorch_model=pytorch_model(model, in_channels), dtype='float32',
       dataset=model.dataset,
-      input_size=[in_channels, *spec.image_shape[:2]] if spec else None,
-      mean=list(spec.mean) if spec else None, std=list(spec.std) if spec else None,
-      normalize='x = (pixel / 255 - mean) / std per channel, NCHW float32' if spec else None,
+      input_size=[in_channels, *inputs['image_size']] if inputs else None,
+      mean=inputs.get('data_mean'), std=inputs.get('data_std'),
+      normalize='x = (pixel / 255 - mean) / std per channel, NCHW float32' if inputs else None,
+      class_names=inputs.get('class_names'),
       num_batches_tracked=counts[0] if len(counts) == 1 else counts,
       source=model.source, results=model.figures)
 

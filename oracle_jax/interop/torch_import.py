@@ -82,9 +82,10 @@ def _torch_shape(flax_shape):
   return tuple(reversed(flax_shape)) if len(flax_shape) == 2 else tuple(flax_shape)
 
 
-def convert_state_dict(state_dict: Mapping[str, Any], model_name: str, num_classes: int,
+def convert_state_dict(state_dict: Mapping[str, Any], model_name: str, num_classes=None,
                        **model_kwargs):
-  """Maps a PyTorch state_dict (names → arrays) onto the Flax variables of `model_name`.
+  """Maps a PyTorch state_dict (names → arrays) onto the Flax variables of `model_name`
+  with `num_classes` classes (None: the checkpoint's own, its classifier's rows).
 
   Raises CheckpointMismatchError naming the first missing/unexpected key or the first
   shape mismatch (expected vs found, in PyTorch layout), with a special message when only
@@ -94,6 +95,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_name: str, num_class
             if not k.endswith('num_batches_tracked')}
   stem = arrays.get('conv1.weight')
   in_channels = stem.shape[1] if stem is not None and stem.ndim == 4 else 3
+  if num_classes is None:
+    num_classes = _classes(arrays)
   target = models.abstract_variables(model_name, num_classes, in_channels, **model_kwargs)
   flat, treedef = jax.tree_util.tree_flatten_with_path(target)
   names = [_torch_name(path) for path, _ in flat]
@@ -102,7 +105,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_name: str, num_class
   for name, (_, spec) in zip(names, flat):
     found, expected = arrays[name].shape, _torch_shape(spec.shape)
     if found != expected:
-      if name.startswith('fc.') and len(found) == len(expected) and found[0] != num_classes:
+      if (name.startswith(f'{models.CLASSIFIER}.') and len(found) == len(expected)
+          and found[0] != num_classes):
         raise CheckpointMismatchError(
             f'The checkpoint has {found[0]} classes ({name} has shape {found}) but '
             f'num_classes={num_classes}; set num_classes to match the dataset the '
@@ -113,6 +117,13 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_name: str, num_class
     _check_values(name, arrays[name])
     leaves.append(jnp.asarray(_to_flax_layout(arrays[name], spec.shape), spec.dtype))
   return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _classes(arrays):
+  """The class count of a state_dict's classifier; 1 when it has none (then the key check
+  names the missing classifier)."""
+  weight = arrays.get(f'{models.CLASSIFIER}.weight')
+  return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else 1
 
 
 def _check_values(name, array):
@@ -141,7 +152,8 @@ def _check_keys(arrays, names, model_name):
       parts.append(f'{len(unexpected)} unexpected key(s), first {unexpected[0]!r}')
     raise CheckpointMismatchError(
         f'The checkpoint does not match model {model_name!r}: {"; ".join(parts)}. '
-        f'Check --model (or teacher.model) against the architecture it was saved from.')
+        'Check the model name (--model, teacher.model or student.model) against the '
+        'architecture it was saved from.')
 
 
 def to_state_dict(variables, num_batches_tracked=None):
@@ -279,9 +291,10 @@ def read_weights(path: str):
   return read_state_dict(path)
 
 
-def read_model(path: str, model_name: str, num_classes: int, **model_kwargs):
-  """`(variables, counts)` of a .pth or .safetensors file: the Flax variables and each
-  BatchNorm's `num_batches_tracked` (`batches_tracked`)."""
+def read_model(path: str, model_name: str, num_classes=None, **model_kwargs):
+  """`(variables, counts)` of a .pth or .safetensors file: the Flax variables (with
+  `num_classes` classes, None: the file's own) and each BatchNorm's `num_batches_tracked`
+  (`batches_tracked`)."""
   state_dict = read_weights(path)
   try:
     variables = convert_state_dict(state_dict, model_name, num_classes, **model_kwargs)
@@ -290,8 +303,9 @@ def read_model(path: str, model_name: str, num_classes: int, **model_kwargs):
   return variables, batches_tracked(state_dict)
 
 
-def load(path: str, model_name: str, num_classes: int, **model_kwargs):
-  """Reads a .pth or .safetensors file and returns Flax variables `{'params', 'batch_stats'}`."""
+def load(path: str, model_name: str, num_classes=None, **model_kwargs):
+  """Reads a .pth or .safetensors file and returns Flax variables `{'params', 'batch_stats'}`
+  (with `num_classes` classes, None: the file's own)."""
   return read_model(path, model_name, num_classes, **model_kwargs)[0]
 
 

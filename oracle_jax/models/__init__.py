@@ -16,6 +16,7 @@ from oracle_jax import errors
 from oracle_jax.models.cifar_resnet import CifarResNet
 from oracle_jax.models.blocks import BasicBlock, Bottleneck
 from oracle_jax.models.imagenet_resnet import ImageNetResNet
+from oracle_jax.models.layers import CLASSIFIER  # pylint: disable=unused-import  (re-exported)
 from oracle_jax.models.wrn import WideResNet
 
 _CIFAR_WIDTHS = (16, 16, 32, 64)

@@ -14,6 +14,9 @@ import jax.numpy as jnp
 # the weight of the old running value.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
+# The final Dense layer's name in every model (and the final Linear's in their PyTorch
+# originals): what a checkpoint of another class count differs in.
+CLASSIFIER = 'fc'
 
 
 class BatchNorm(nn.Module):
@@ -131,7 +134,7 @@ def conv(features, kernel_size, stride=1, *, name, dtype, conv_general_dilated=N
                  dtype=dtype, param_dtype=jnp.float32, name=name, **kwargs)
 
 
-def classifier(num_classes, fan_in, *, name='fc'):
+def classifier(num_classes, fan_in, *, name=CLASSIFIER):
   """The final Linear layer with PyTorch's default init; float32 whatever the model's
   dtype, so softmax, KD and the oracle gradient start from accurate logits."""
   return nn.Dense(num_classes, kernel_init=nn.initializers.variance_scaling(
