@@ -60,7 +60,7 @@ def main(argv):
     return
   results = sweep.run_grid(FLAGS.config, FLAGS.workdir, names, seeds, population=FLAGS.population)
   rows = sweep.summarize(results, FLAGS.baseline)
-  table = sweep.caption(results) + '\n\n' + sweep.markdown(rows, FLAGS.baseline)
+  table = sweep.report(results, FLAGS.baseline)
   if jax.process_index():  # every process has the results; process 0 reports them
     return
   print(table)

@@ -187,6 +187,11 @@ def summarize(results, baseline):
   return rows
 
 
+def report(results, baseline):
+  """What launch/sweep.py prints and writes to sweep.md: the caption, then the table."""
+  return caption(results) + '\n\n' + markdown(summarize(results, baseline), baseline)
+
+
 def caption(results):
   """One line naming the data of a sweep's runs (a folder dataset's classes too)."""
   first = next(iter(results.values()))[0]

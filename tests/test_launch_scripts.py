@@ -250,7 +250,8 @@ def test_slurm_sweep_splits_a_population_over_two_processes(tmp_path, prepared_d
       assert got['final_train_loss'] == pytest.approx(expected['final_train_loss'], rel=1e-6)
       assert got['final_top1'] == expected['final_top1']
       assert {**got, 'final_train_loss': 0} == {**expected, 'final_train_loss': 0}
-  table = sweep.markdown(sweep.summarize(one, 'kd'), 'kd')
+  table = sweep.report(one, 'kd')
+  assert table.startswith('Dataset digits.\n\n| method |')
   assert (tmp_path / 'two' / 'sweep.md').read_text() == table + '\n'  # process 0's
   assert table in (out / 'task-0.out').read_text()
   assert '| method |' not in (out / 'task-1.out').read_text()

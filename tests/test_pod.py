@@ -153,11 +153,11 @@ def test_sigterm_to_one_process_stops_both_at_one_step(digits_data_dir, tmp_path
 
 def test_imagenet_hosts_read_disjoint_shards_that_cover_each_split(tmp_path, monkeypatch):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from oracle_jax.data import fake_imagenet, imagenet  # pylint: disable=g-import-not-at-top
+  from oracle_jax.data import fake_imagenet, streamed  # pylint: disable=g-import-not-at-top
   builder = fake_imagenet.prepare(tmp_path, classes=2, train_per_class=5, validation=7,
                                   shapes=((30, 40), (40, 30)))
   for split, examples in (('train', 10), ('validation', 7)):
-    shards = [[ex['file_name'] for ex in tfds.as_numpy(imagenet.process_shard(
+    shards = [[ex['file_name'] for ex in tfds.as_numpy(streamed.process_shard(
         builder, split, process_index=i, process_count=2))] for i in range(2)]
     assert [len(s) for s in shards] == [(examples + 1) // 2, examples // 2]
     assert not set(shards[0]) & set(shards[1])
@@ -168,7 +168,7 @@ def test_imagenet_hosts_read_disjoint_shards_that_cover_each_split(tmp_path, mon
   masks = []
   for i in range(2):
     monkeypatch.setattr(jax, 'process_index', lambda i=i: i)
-    batches = list(imagenet.eval_iterator(data.dataset_spec('imagenet2012'), data_dir=str(tmp_path),
+    batches = list(streamed.eval_iterator(data.dataset_spec('imagenet2012'), data_dir=str(tmp_path),
                                           global_batch_size=4, split='validation'))
     assert {b['image'].shape for b in batches} == {(2, 224, 224, 3)}
     masks.append([b['mask'].tolist() for b in batches])
