@@ -220,12 +220,18 @@ def test_scratch_run_records_classes_and_statistics(folder_teacher, small):
   assert 0 <= results['final_top1'] <= 1
 
 
-def test_oracle_kd_and_export_on_a_folder(folder_teacher, small, tmp_path):
-  root, _, cache = small
+def kd_config(root, cache, teacher):
+  """Two steps of oracle KD of a resnet8 by the folder's resnet8 teacher."""
   config = config_for(root, cache, method='kd', train_steps=2, batch_size=8,
                       eval_batch_size=8, log_every_steps=1, checkpoint_every_steps=2)
   config.student.model = config.teacher.model = 'resnet8'
-  config.teacher.checkpoint = folder_teacher[0]
+  config.teacher.checkpoint = teacher
+  return config
+
+
+def test_oracle_kd_and_export_on_a_folder(folder_teacher, small, tmp_path):
+  root, _, cache = small
+  config = kd_config(root, cache, folder_teacher[0])
   results = train.train_and_evaluate(config, str(tmp_path / 'kd'))
   assert results['oracle'] and results['class_names'] == list(CLASSES)
   assert results['teacher_top1'] == pytest.approx(folder_teacher[1]['final_top1'])
@@ -239,16 +245,12 @@ def test_sweep_population_and_analysis_name_the_classes(folder_teacher, small, t
   from oracle_jax import sweep  # pylint: disable=g-import-not-at-top
   from oracle_jax.analysis import command  # pylint: disable=g-import-not-at-top
   root, _, cache = small
-  config = config_for(root, cache, method='kd', train_steps=2, batch_size=8,
-                      eval_batch_size=8, log_every_steps=1, checkpoint_every_steps=2)
-  config.student.model = config.teacher.model = 'resnet8'
-  config.teacher.checkpoint = folder_teacher[0]
+  config = kd_config(root, cache, folder_teacher[0])
   groups = sweep.plan(config, ['kd', 'oracle_kd'], [0])['groups']
   assert [g['runs'] for g in groups] == [['kd_seed0', 'oracle_kd_seed0']]  # one population
   results = sweep.run_grid(config, tmp_path / 'sweep', ['kd', 'oracle_kd'], [0])
   assert [r[0]['class_names'] for r in results.values()] == [list(CLASSES)] * 2
   assert sweep.caption(results) == f'Dataset folder:{root}, 3 classes: cat, dog, emu.'
-  config.batch_size = 8
   out = command.run(config, teacher=folder_teacher[0], out_dir=str(tmp_path / 'analysis'),
                     gammas=(0, 1), tsne_examples=4, silhouette_examples=4)
   assert [r['gamma'] for r in out['results']] == [0.0, 1.0]
