@@ -1,4 +1,4 @@
-"""Small class-folder datasets that tests make themselves (never ../shared)."""
+"""Small class-folder datasets that tests make themselves, image by image."""
 import os
 
 import numpy as np
